@@ -1,0 +1,31 @@
+"""User-facing errors: one readable message naming the field or file, what was wrong,
+and what is allowed. The CLI prints these without a traceback (unless --traceback)."""
+
+from __future__ import annotations
+
+import difflib
+from typing import Iterable
+
+
+class TunewiseError(Exception):
+    """Bad input or a broken setup, found before (or instead of) doing any work."""
+
+
+class ConfigError(TunewiseError, ValueError):
+    """A parameter, params file or search space is invalid."""
+
+
+class DataError(TunewiseError):
+    """A dataset path, folder, CSV or image is missing or unusable."""
+
+
+class SetupError(TunewiseError):
+    """The setup itself is broken (so every trial would fail): stop the study."""
+
+
+def did_you_mean(name: str, valid: Iterable[str], n: int = 3, cutoff: float = 0.6) -> str:
+    """' (did you mean 'x'?)' for the closest valid names, or '' when none is close."""
+    matches = difflib.get_close_matches(str(name), list(valid), n=n, cutoff=cutoff)
+    if not matches:
+        return ""
+    return " (did you mean " + " or ".join(repr(m) for m in matches) + "?)"

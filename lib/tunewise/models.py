@@ -1,0 +1,70 @@
+"""timm models by name: checked up front, built with the trial's regularization,
+pretrained weights from the hub or from a local file the user names."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+import timm
+import torch
+
+from .errors import ConfigError, SetupError, did_you_mean
+
+
+@lru_cache(maxsize=1)
+def _all_models() -> tuple[str, ...]:
+    return tuple(timm.list_models())
+
+
+def check_model_name(name: str, where: str = "model") -> None:
+    if not isinstance(name, str) or not timm.is_model(name):
+        # timm also accepts 'name.tag' (e.g. 'convnext_tiny.fb_in22k'): check the architecture part.
+        arch = name.split(".")[0] if isinstance(name, str) else name
+        if isinstance(arch, str) and timm.is_model(arch):
+            return
+        raise ConfigError(
+            f"{where}: {name!r} is not a timm model{did_you_mean(str(name), _all_models(), cutoff=0.7)}; "
+            "allowed: any name in timm.list_models() (tiny test models: timm.list_models('test_*'))"
+        )
+
+
+def check_pretrained_file(path: str | None, where: str = "pretrained_file") -> None:
+    if path and not Path(path).expanduser().is_file():
+        raise ConfigError(f"{where}: {path} does not exist; allowed: a local .safetensors/.pth/.bin weights file")
+
+
+def build_model(
+    name: str,
+    num_classes: int,
+    *,
+    pretrained: bool = False,
+    pretrained_file: str | None = None,
+    dropout: float = 0.0,
+    drop_path: float = 0.0,
+) -> torch.nn.Module:
+    kwargs = {"num_classes": num_classes, "drop_rate": dropout}
+    if drop_path > 0:
+        kwargs["drop_path_rate"] = drop_path
+    if pretrained_file:
+        # timm loads the file through its own pretrained path (head re-sized to num_classes).
+        kwargs["pretrained_cfg_overlay"] = {"file": str(Path(pretrained_file).expanduser())}
+    try:
+        return timm.create_model(name, pretrained=pretrained or bool(pretrained_file), **kwargs)
+    except TypeError as exc:
+        if "drop_path_rate" in str(exc):
+            raise ConfigError(f"drop_path: model {name!r} has no stochastic depth; allowed: drop_path 0 for this model") from exc
+        raise
+    except (OSError, RuntimeError) as exc:
+        if pretrained and not pretrained_file:
+            raise SetupError(
+                f"pretrained: could not load pretrained weights for {name!r} ({type(exc).__name__}: {str(exc)[:200]}); "
+                "allowed: pretrained: false, or pretrained_file: a local weights file"
+            ) from exc
+        raise
+
+
+def model_norm(model: torch.nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The mean/std the model's pretrained weights expect (timm's config for it)."""
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    return tuple(cfg.get("mean", (0.485, 0.456, 0.406))), tuple(cfg.get("std", (0.229, 0.224, 0.225)))
