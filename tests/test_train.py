@@ -11,7 +11,8 @@ import torch
 from tunewise import cache
 from tunewise.errors import ConfigError
 from tunewise.hparams import TrainConfig
-from tunewise.objective import Objective, TrialFailed
+from tunewise.objective import Objective
+from tunewise.runner import run_trials
 from tunewise.sources import DataSpec
 from tunewise.splits import train_val_split
 from tunewise.train import NonFiniteLoss, resolve_device, train_and_evaluate
@@ -99,8 +100,9 @@ def test_out_of_memory_frees_and_fails_trial_study_goes_on(digits, monkeypatch):
     objective = Objective(digits, fixed={"epochs": 1, "batch_size": 64})
     monkeypatch.setattr(torch.nn.Module, "__call__", forward_that_runs_out)
     study = optuna.create_study(direction="maximize")
-    study.optimize(objective, n_trials=2, catch=(TrialFailed,))
+    result = run_trials(study, objective, n_trials=1, timeout=None)  # tunewise's runner, as a study runs
     failed, ok = study.trials
+    assert result.n_failed == 1 and result.n_complete == 1
     assert failed.state == optuna.trial.TrialState.FAIL and failed.user_attrs["fail_reason"] == "out of memory"
     assert models[0]() is None, "the model of the failed trial is still alive"
     assert ok.state == optuna.trial.TrialState.COMPLETE

@@ -1,0 +1,140 @@
+"""Run parameters: one flat set of names shared by params/*.yaml, `--set KEY=VALUE`
+and the notebooks' parameters cells.
+
+Resolution order: DEFAULTS, then the params file, then overrides. Unknown keys are
+errors with the closest valid key suggested; every value is checked before any work.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError, did_you_mean
+from .hparams import TrainConfig
+from .sources import DataSpec
+
+# Study and data settings (the training settings are TrainConfig's fields, also top level).
+STUDY_DEFAULTS: dict[str, Any] = {
+    "phase": "quick",  # quick | focused | validate | postmortem (recorded with the study)
+    "study_name": "tunewise",  # same name again resumes the study
+    "storage": None,  # None: a journal file in the run folder; or an Optuna storage URL
+    "run_dir": "runs/tunewise",  # where the journal, reports and summaries go
+    "n_trials": 20,  # finished trials for the whole study, across resumes
+    "timeout": None,  # seconds for the whole study, across resumes (None: no limit)
+    "sampler": "tpe",  # name or {name: ..., args}
+    "pruner": "median",  # name or {name: ..., args}
+    "stop_rules": None,  # None: the seed's defaults (plateau 0.01 over 10, failure guard)
+    "search_space": None,  # {param: distribution dict or fixed value}; None: the seed's space
+    "baseline": True,  # run the default settings as trial 0, the baseline to beat
+    "seeds": [42, 777, 2024],  # validation phase: seeds to retrain with
+    "val_fraction": 0.2,  # share of images held out for validation (stratified)
+    "split_seed": 42,  # seed of the train/validation split
+    "device": "auto",  # auto | cpu | cuda | cuda:N
+    "cache_dir": None,  # None: $TUNEWISE_CACHE_DIR or ~/.cache/tunewise
+    "force": False,  # resume even if the space or dataset changed
+}
+
+DATA_KEYS = [f for f in DataSpec.__dataclass_fields__]
+TRAIN_KEYS = TrainConfig.names()
+DEFAULTS: dict[str, Any] = {
+    **{k: getattr(DataSpec(), k) for k in DATA_KEYS},
+    **{k: getattr(TrainConfig(), k) for k in TRAIN_KEYS},
+    **STUDY_DEFAULTS,
+}
+
+# The seed's wide space for the quick phase (lr, batch size, weight decay, dropout).
+SEED_SPACE: dict[str, Any] = {
+    "lr": {"type": "float", "low": 1.0e-5, "high": 1.0e-2, "log": True},
+    "batch_size": {"type": "categorical", "choices": [8, 16, 32]},
+    "weight_decay": {"type": "float", "low": 0.0, "high": 0.1},
+    "dropout": {"type": "float", "low": 0.0, "high": 0.3},
+}
+
+
+def check_keys(values: dict[str, Any], where: str) -> None:
+    unknown = [k for k in values if k not in DEFAULTS]
+    if unknown:
+        raise ConfigError(
+            "\n".join(f"{where}: unknown parameter {k!r}{did_you_mean(k, DEFAULTS)}" for k in unknown)
+            + "\nallowed: " + ", ".join(sorted(DEFAULTS))
+        )
+
+
+def read_params_file(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"params: {path} does not exist; allowed: a YAML file such as params/quick.yaml")
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{path}: not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: expected a mapping of parameter: value, got {type(values).__name__}")
+    check_keys(values, str(path))
+    return values
+
+
+def parse_set(items: list[str]) -> dict[str, Any]:
+    """`KEY=VALUE` strings, each VALUE read as YAML (numbers, lists, dicts, null)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set: {item!r} is not KEY=VALUE; e.g. --set n_trials=5")
+        try:
+            out[key.strip()] = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            out[key.strip()] = raw
+    check_keys(out, "--set")
+    return out
+
+
+def resolve(file: str | Path | None = None, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """DEFAULTS <- params file <- overrides, every key and value checked."""
+    values = dict(DEFAULTS)
+    if file:
+        values.update(read_params_file(file))
+    if overrides:
+        check_keys(overrides, "parameters")
+        values.update(overrides)
+    check_values(values)
+    return values
+
+
+def check_values(p: dict[str, Any]) -> None:
+    errors = []
+
+    def need(ok: bool, key: str, allowed: str):
+        if not ok:
+            errors.append(f"{key}: {p[key]!r} is not allowed; allowed: {allowed}")
+
+    def is_int(v):
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    need(is_int(p["n_trials"]) and p["n_trials"] >= 1, "n_trials", "an integer >= 1")
+    need(p["timeout"] is None or (isinstance(p["timeout"], (int, float)) and not isinstance(p["timeout"], bool) and p["timeout"] > 0),
+         "timeout", "seconds > 0, or null for no limit")
+    need(isinstance(p["study_name"], str) and p["study_name"].strip() != "", "study_name", "a non-empty name")
+    need(p["storage"] is None or isinstance(p["storage"], str), "storage", "null or an Optuna storage URL / journal file path")
+    need(isinstance(p["seeds"], list) and p["seeds"] and all(is_int(s) for s in p["seeds"]), "seeds", "a non-empty list of integers")
+    need(isinstance(p["val_fraction"], float) and 0 < p["val_fraction"] < 1, "val_fraction", "a number strictly between 0 and 1")
+    need(p["search_space"] is None or isinstance(p["search_space"], dict), "search_space", "a mapping of parameter: distribution or value")
+    need(p["phase"] in ("quick", "focused", "validate", "postmortem"), "phase", "quick, focused, validate, postmortem")
+    for flag in ("baseline", "force", "skip_bad_images"):
+        need(isinstance(p[flag], bool), flag, "true or false")
+    if errors:
+        raise ConfigError("\n".join(errors))
+
+
+def data_spec(p: dict[str, Any]) -> DataSpec:
+    return DataSpec(**{k: p[k] for k in DATA_KEYS})
+
+
+def train_settings(p: dict[str, Any]) -> dict[str, Any]:
+    """The fixed training settings: every TrainConfig field the parameters hold."""
+    return {k: p[k] for k in TRAIN_KEYS}

@@ -1,0 +1,150 @@
+"""One phase of tuning, end to end: parameters in, a study and a summary out.
+
+`prepare` checks and builds everything a study needs (parameters, search space,
+sampler, pruner, stop rules, storage, dataset, model) before any trial trains, so bad
+input fails at once. `tune` then runs the trials (resuming the study if it exists),
+with the default settings as the baseline trial 0, and writes `summary.json`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from . import __version__, params as P
+from .cache import ImageData, describe, load_images
+from .hparams import TrainConfig
+from .objective import Objective
+from .runner import RunResult, run_trials
+from .samplers import describe_pruner, describe_sampler, make_pruner, make_sampler
+from .space import SearchSpace
+from .stoprules import build_stop_rules
+from .storage import open_storage, redact
+from .study import StudyClock, make_identity, open_study
+
+BASELINE_ATTR = "tunewise.baseline"
+METRIC = "macro_f1"
+
+
+@dataclass
+class Prepared:
+    params: dict[str, Any]
+    space: SearchSpace
+    data: ImageData
+    objective: Objective
+    study: optuna.Study
+    run_dir: Path
+
+
+def prepare(p: dict[str, Any]) -> Prepared:
+    """Everything checked and built, nothing trained yet."""
+    run_dir = Path(p["run_dir"])
+    space = SearchSpace.from_dict(p["search_space"] if p["search_space"] is not None else P.SEED_SPACE)
+    sampler = make_sampler(p["sampler"], seed=p["seed"])
+    pruner = make_pruner(p["pruner"])
+    build_stop_rules(p["stop_rules"])  # checks the rules now; built again with the clock below
+    data = load_images(P.data_spec(p), p["cache_dir"])
+    objective = Objective(
+        data, space, P.train_settings(p), val_fraction=p["val_fraction"], split_seed=p["split_seed"], device=p["device"]
+    )
+    storage = open_storage(p["storage"], run_dir)  # last: nothing is written for refused input
+    model = "search" if "model" in space.distributions else objective.base.model
+    identity = make_identity(
+        phase=p["phase"], space_fingerprint=space.fingerprint(), data_fingerprint=data.fingerprint,
+        model=model, metric=METRIC,
+    )
+    study = open_study(p["study_name"], storage, identity=identity, sampler=sampler, pruner=pruner, force=p["force"])
+    if study.trials and p["seed"] is not None:
+        # A resumed run with the same seed would replay the first run's random draws
+        # (duplicate trials): offset the seed by what the study already holds.
+        study.sampler = make_sampler(p["sampler"], seed=p["seed"] + len(study.trials))
+    return Prepared(p, space, data, objective, study, run_dir)
+
+
+def baseline_params(space: SearchSpace, fixed: dict[str, Any]) -> dict[str, Any]:
+    """The default settings (tunewise's, under the user's fixed ones) as a point of the space."""
+    defaults = {**TrainConfig().to_dict(), **fixed}
+    return space.clip({k: defaults[k] for k in space.distributions if k in defaults})
+
+
+def baseline_value(study: optuna.Study) -> float | None:
+    for t in study.get_trials(states=(TrialState.COMPLETE,)):
+        if t.user_attrs.get(BASELINE_ATTR):
+            return t.value
+    return None
+
+
+def tune(p: dict[str, Any], *, show_progress_bar: bool = False) -> dict[str, Any]:
+    """Run (or resume) the phase's study; returns the summary also written to summary.json."""
+    prep = prepare(p)
+    study = prep.study
+    if p["baseline"] and not study.trials:
+        study.enqueue_trial(baseline_params(prep.space, P.train_settings(p)), user_attrs={BASELINE_ATTR: True})
+    clock = StudyClock(study)
+    rules = build_stop_rules(p["stop_rules"], elapsed_s=clock.elapsed_s)
+    result = run_trials(
+        study, prep.objective, n_trials=p["n_trials"], timeout=p["timeout"], callbacks=rules, clock=clock,
+        show_progress_bar=show_progress_bar,
+    )
+    summary = summarize(prep, result)
+    write_json_atomic(prep.run_dir / "summary.json", summary)
+    return summary
+
+
+def summarize(prep: Prepared, result: RunResult) -> dict[str, Any]:
+    study, p = prep.study, prep.params
+    states = {s.name.lower(): 0 for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING, TrialState.WAITING)}
+    for t in study.get_trials():
+        states[t.state.name.lower()] = states.get(t.state.name.lower(), 0) + 1
+    base = baseline_value(study)
+    best = result.best_value
+    gain = None if base is None or best is None else best - base
+    return {
+        "study_name": study.study_name,
+        "phase": p["phase"],
+        "storage": storage_label(p),
+        "metric": METRIC,
+        "best_value": best,
+        "best_params": result.best_params,
+        "baseline_value": base,
+        "gain": gain,
+        "relative_gain": None if gain is None or not base else gain / base,
+        "trials": states,
+        "n_finished": result.n_finished,
+        "stop_reason": result.stop_reason,
+        "stop_details": result.stop_details,
+        "elapsed_s": round(result.elapsed_s, 2),
+        "run_wall_s": round(result.run_wall_s, 2),
+        "interrupted": result.interrupted,
+        "data": describe(prep.data),
+        "sampler": describe_sampler(p["sampler"]),
+        "pruner": describe_pruner(p["pruner"]),
+        "search_space": prep.space.to_dict(),
+        "tunewise_version": __version__,
+    }
+
+
+def storage_label(p: dict[str, Any]) -> str:
+    """Where the study lives, safe to show (passwords masked)."""
+    url = p["storage"] or os.environ.get("TUNEWISE_STORAGE")
+    return redact(url) if url else str(Path(p["run_dir"]) / "study.journal")
+
+
+def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
+    """Readers see the old file or the new one, never half of one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(payload, fh, indent=2, default=str)
+    os.replace(tmp, path)
+
+
+
