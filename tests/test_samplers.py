@@ -1,8 +1,6 @@
 """Samplers and pruners by name: every name builds its class, tunewise defaults, seeds,
 argument checks and their messages, and short real studies."""
 
-import importlib.util
-
 import optuna
 import pytest
 import yaml
@@ -21,7 +19,6 @@ from tunewise.space import SearchSpace
 
 pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
 
-HAS_CMAES = importlib.util.find_spec("cmaes") is not None
 
 SAMPLER_CASES = {
     "tpe": ("tpe", samplers.TPESampler),
@@ -60,15 +57,7 @@ def test_case_tables_cover_every_name():
 @pytest.mark.parametrize("name", SAMPLERS)
 def test_every_sampler_name_builds_its_class(name):
     spec, cls = SAMPLER_CASES[name]
-    if name == "cmaes" and not HAS_CMAES:
-        pytest.skip("cmaes is not installed (its message is tested below)")
     assert type(make_sampler(spec, seed=0)) is cls
-
-
-@pytest.mark.skipif(HAS_CMAES, reason="cmaes is installed")
-def test_cmaes_without_its_package_fails_before_the_study():
-    with pytest.raises(ConfigError, match=r"sampler: cmaes needs the 'cmaes' package"):
-        make_sampler("cmaes")
 
 
 @pytest.mark.parametrize("name", PRUNERS)

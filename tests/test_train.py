@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import weakref
 
 import optuna
@@ -138,3 +141,26 @@ def test_pretrained_from_a_local_file(digits, digits_split, tmp_path):
     cfg = TrainConfig(model="test_resnet", pretrained_file=str(tmp_path / "weights.pth"), epochs=1, batch_size=64)
     result = train_and_evaluate(digits, *digits_split, cfg)
     assert len(result.history) == 1
+
+
+def test_pretrained_file_of_another_architecture_is_named(digits, tmp_path):
+    import timm
+
+    torch.save(timm.create_model("test_vit", num_classes=10).state_dict(), tmp_path / "vit.pth")
+    with pytest.raises(ConfigError, match=r"pretrained_file: could not load .*vit.pth into 'test_resnet'"):
+        Objective(digits, fixed={"model": "test_resnet", "pretrained_file": str(tmp_path / "vit.pth")})
+
+
+def test_pretrained_from_the_hub_without_network_is_one_clear_message(tmp_path):
+    # No network here: the hub client in offline mode fails the way a blocked one does,
+    # at once. The study must not start (nothing written), and the message says what to do.
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TUNEWISE_CACHE_DIR": str(tmp_path / "cache")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "tunewise", "tune", "--set", "pretrained=true", "--set", "model=test_resnet",
+         "--out", str(tmp_path / "run")],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "could not load pretrained weights for 'test_resnet'" in proc.stderr
+    assert "pretrained_file: a local weights file" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "run").exists()

@@ -50,18 +50,39 @@ def build_model(
         # timm loads the file through its own pretrained path (head re-sized to num_classes).
         kwargs["pretrained_cfg_overlay"] = {"file": str(Path(pretrained_file).expanduser())}
     try:
-        return timm.create_model(name, pretrained=pretrained or bool(pretrained_file), **kwargs)
+        model = timm.create_model(name, pretrained=pretrained or bool(pretrained_file), **kwargs)
     except TypeError as exc:
         if "drop_path_rate" in str(exc):
             raise ConfigError(f"drop_path: model {name!r} has no stochastic depth; allowed: drop_path 0 for this model") from exc
         raise
-    except (OSError, RuntimeError) as exc:
-        if pretrained and not pretrained_file:
+    except (OSError, RuntimeError, ValueError) as exc:
+        if pretrained_file:
+            raise ConfigError(
+                f"pretrained_file: could not load {pretrained_file} into {name!r} "
+                f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); allowed: weights saved from this architecture"
+            ) from exc
+        if pretrained:
             raise SetupError(
                 f"pretrained: could not load pretrained weights for {name!r} ({type(exc).__name__}: {str(exc)[:200]}); "
                 "allowed: pretrained: false, or pretrained_file: a local weights file"
             ) from exc
         raise
+    return model
+
+
+def check_weights_match(model: torch.nn.Module, name: str, path: str) -> None:
+    """timm loads pretrained files leniently (unexpected keys are only a warning), so a
+    file from another architecture would silently train from scratch: refuse it."""
+    from timm.models import load_state_dict
+
+    state = load_state_dict(str(Path(path).expanduser()))
+    own = model.state_dict()
+    matched = sum(1 for k, v in own.items() if k in state and tuple(state[k].shape) == tuple(v.shape))
+    if matched < 0.5 * len(own):
+        raise ConfigError(
+            f"pretrained_file: could not load {path} into {name!r}: only {matched} of its {len(own)} tensors "
+            "match by name and shape; allowed: weights saved from this architecture"
+        )
 
 
 def model_norm(model: torch.nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:

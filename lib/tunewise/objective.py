@@ -19,7 +19,7 @@ import torch
 from .cache import ImageData
 from .errors import ConfigError
 from .hparams import TrainConfig
-from .models import build_model, check_model_name, check_pretrained_file
+from .models import build_model, check_model_name, check_pretrained_file, check_weights_match
 from .splits import train_val_split
 from .train import EpochMetrics, NonFiniteLoss, resolve_device, train_and_evaluate
 
@@ -84,9 +84,14 @@ class Objective:
             self.settings(dict(self.space.fixed), where="search_space")
 
     def _check_model_input(self, cfg: TrainConfig) -> None:
-        """One forward pass on CPU: a model too deep for img_size fails here, named,
-        not in every trial."""
-        model = build_model(cfg.model, self.data.num_classes).eval()
+        """Build the model once (fetching pretrained weights now, if asked) and run one
+        forward pass on CPU: a model too deep for img_size, or weights that cannot be
+        loaded, fail here, named, not in every trial."""
+        model = build_model(
+            cfg.model, self.data.num_classes, pretrained=cfg.pretrained, pretrained_file=cfg.pretrained_file
+        ).eval()
+        if cfg.pretrained_file:
+            check_weights_match(model, cfg.model, cfg.pretrained_file)
         with torch.inference_mode():
             try:
                 model(self.data.images[:1].float())
