@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-fast bench clean
+.PHONY: install demo test bench clean
 
 install: $(STAMP)
 
@@ -23,6 +23,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/cache.py
+	$(PY) benchmarks/stop_rules.py
 
 clean:
 	rm -rf runs .pytest_cache
