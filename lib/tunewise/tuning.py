@@ -14,7 +14,7 @@ import tempfile
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Sequence
 
 import optuna
 from optuna.trial import TrialState
@@ -82,16 +82,21 @@ def baseline_value(study: optuna.Study) -> float | None:
     return None
 
 
-def tune(p: dict[str, Any], *, show_progress_bar: bool = False) -> dict[str, Any]:
-    """Run (or resume) the phase's study; returns the summary also written to summary.json."""
-    prep = prepare(p)
+def tune(
+    p: dict[str, Any], *, callbacks: Sequence[Callable] = (), show_progress_bar: bool = False, prep: Prepared | None = None
+) -> dict[str, Any]:
+    """Run (or resume) the phase's study; returns the summary also written to summary.json.
+
+    `callbacks` are extra Optuna callbacks (a notebook's live chart); `prep` reuses an
+    earlier `prepare(p)` (a notebook that showed the study before running it)."""
+    prep = prep or prepare(p)
     study = prep.study
     if p["baseline"] and not study.trials:
         study.enqueue_trial(baseline_params(prep.space, P.train_settings(p)), user_attrs={BASELINE_ATTR: True})
     clock = StudyClock(study)
     rules = build_stop_rules(p["stop_rules"], elapsed_s=clock.elapsed_s)
     result = run_trials(
-        study, prep.objective, n_trials=p["n_trials"], timeout=p["timeout"], callbacks=rules, clock=clock,
+        study, prep.objective, n_trials=p["n_trials"], timeout=p["timeout"], callbacks=[*rules, *callbacks], clock=clock,
         show_progress_bar=show_progress_bar,
     )
     summary = summarize(prep, result)
