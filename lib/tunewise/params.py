@@ -37,13 +37,32 @@ STUDY_DEFAULTS: dict[str, Any] = {
     "force": False,  # resume even if the space or dataset changed
 }
 
+# What the later phases build on; ignored by the phases that do not use them.
+PHASE_DEFAULTS: dict[str, Any] = {
+    "source_study": "",  # focused/validate: the study to build on ("" : the previous phase's)
+    "focus_mode": "warm_start",  # focused: warm_start (new study, best trials enqueued) | resume
+    "min_relative_gain": 0.05,  # focused: go on only if the quick gain beat this share
+    "always_run": False,  # focused: run even when the gate says tuning stopped paying
+    "top_share": 0.2,  # focused: narrow the space to the best share of trials...
+    "top_k": 0,  # ...or to the best k trials (0: use top_share); validate: configs to retrain
+    "margin": 0.1,  # focused: widen narrowed ranges by this share of their width
+    "warm_start_n": 5,  # focused: best earlier trials enqueued first
+    "folds": 0,  # validate: k stratified folds per seed (0: one split per seed)
+    "params_out": "final.yaml",  # validate: winning configuration, written in the run folder
+    "studies": [],  # postmortem: study names to analyse ([] : every study in the storage)
+    "interactive": True,  # widgets and live charts (tunewise run sets false)
+}
+
 DATA_KEYS = [f for f in DataSpec.__dataclass_fields__]
 TRAIN_KEYS = TrainConfig.names()
 DEFAULTS: dict[str, Any] = {
     **{k: getattr(DataSpec(), k) for k in DATA_KEYS},
     **{k: getattr(TrainConfig(), k) for k in TRAIN_KEYS},
     **STUDY_DEFAULTS,
+    **PHASE_DEFAULTS,
 }
+
+PHASES = ("quick", "focused", "validate", "postmortem")
 
 # The seed's wide space for the quick phase (lr, batch size, weight decay, dropout).
 SEED_SPACE: dict[str, Any] = {
@@ -124,8 +143,16 @@ def check_values(p: dict[str, Any]) -> None:
     need(isinstance(p["seeds"], list) and p["seeds"] and all(is_int(s) for s in p["seeds"]), "seeds", "a non-empty list of integers")
     need(isinstance(p["val_fraction"], float) and 0 < p["val_fraction"] < 1, "val_fraction", "a number strictly between 0 and 1")
     need(p["search_space"] is None or isinstance(p["search_space"], dict), "search_space", "a mapping of parameter: distribution or value")
-    need(p["phase"] in ("quick", "focused", "validate", "postmortem"), "phase", "quick, focused, validate, postmortem")
-    for flag in ("baseline", "force", "skip_bad_images"):
+    need(p["phase"] in PHASES, "phase", ", ".join(PHASES))
+    need(p["focus_mode"] in ("warm_start", "resume"), "focus_mode", "warm_start, resume")
+    need(isinstance(p["min_relative_gain"], (int, float)) and not isinstance(p["min_relative_gain"], bool), "min_relative_gain", "a number, e.g. 0.05 for 5%")
+    need(isinstance(p["top_share"], (int, float)) and 0 < p["top_share"] <= 1, "top_share", "a share in (0, 1]")
+    need(is_int(p["top_k"]) and p["top_k"] >= 0, "top_k", "an integer >= 0")
+    need(isinstance(p["margin"], (int, float)) and 0 <= p["margin"] <= 1, "margin", "a share in [0, 1]")
+    need(is_int(p["warm_start_n"]) and p["warm_start_n"] >= 0, "warm_start_n", "an integer >= 0")
+    need(is_int(p["folds"]) and (p["folds"] == 0 or p["folds"] >= 2), "folds", "0 (one split per seed) or an integer >= 2")
+    need(isinstance(p["studies"], list) and all(isinstance(x, str) for x in p["studies"]), "studies", "a list of study names")
+    for flag in ("baseline", "force", "skip_bad_images", "always_run", "interactive"):
         need(isinstance(p[flag], bool), flag, "true or false")
     if errors:
         raise ConfigError("\n".join(errors))

@@ -8,9 +8,7 @@ with the default settings as the baseline trial 0, and writes `summary.json`.
 
 from __future__ import annotations
 
-import json
 import os
-import tempfile
 
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +20,7 @@ from optuna.trial import TrialState
 from . import __version__, params as P
 from .cache import ImageData, describe, load_images
 from .hparams import TrainConfig
+from .atomic import write_json_atomic
 from .objective import Objective
 from .runner import RunResult, run_trials
 from .samplers import describe_pruner, describe_sampler, make_pruner, make_sampler
@@ -31,6 +30,7 @@ from .storage import open_storage, redact
 from .study import StudyClock, make_identity, open_study
 
 BASELINE_ATTR = "tunewise.baseline"
+SPACE_ATTR = "tunewise.search_space"  # the space a study searches, for the phases after it
 METRIC = "macro_f1"
 
 
@@ -44,29 +44,48 @@ class Prepared:
     run_dir: Path
 
 
-def prepare(p: dict[str, Any]) -> Prepared:
-    """Everything checked and built, nothing trained yet."""
-    run_dir = Path(p["run_dir"])
-    space = SearchSpace.from_dict(p["search_space"] if p["search_space"] is not None else P.SEED_SPACE)
+@dataclass
+class Checked:
+    """Everything a study needs, built and checked; nothing written yet."""
+
+    space: SearchSpace
+    sampler: optuna.samplers.BaseSampler
+    pruner: optuna.pruners.BasePruner
+    data: ImageData
+    objective: Objective
+
+
+def check(p: dict[str, Any], space: SearchSpace | None = None) -> Checked:
+    """Build and check the search space, sampler, pruner, stop rules, dataset and model
+    before any trial trains or any file is written (the dataset cache aside)."""
+    space = space or SearchSpace.from_dict(p["search_space"] if p["search_space"] is not None else P.SEED_SPACE)
     sampler = make_sampler(p["sampler"], seed=p["seed"])
     pruner = make_pruner(p["pruner"])
-    build_stop_rules(p["stop_rules"])  # checks the rules now; built again with the clock below
+    build_stop_rules(p["stop_rules"])  # checks the rules now; built again with the clock in tune()
     data = load_images(P.data_spec(p), p["cache_dir"])
     objective = Objective(
         data, space, P.train_settings(p), val_fraction=p["val_fraction"], split_seed=p["split_seed"], device=p["device"]
     )
+    return Checked(space, sampler, pruner, data, objective)
+
+
+def prepare(p: dict[str, Any], checked: Checked | None = None) -> Prepared:
+    """Everything checked and built, the study created or resumed; nothing trained yet."""
+    c = checked or check(p)
+    run_dir = Path(p["run_dir"])
     storage = open_storage(p["storage"], run_dir)  # last: nothing is written for refused input
-    model = "search" if "model" in space.distributions else objective.base.model
+    model = "search" if "model" in c.space.distributions else c.objective.base.model
     identity = make_identity(
-        phase=p["phase"], space_fingerprint=space.fingerprint(), data_fingerprint=data.fingerprint,
+        phase=p["phase"], space_fingerprint=c.space.fingerprint(), data_fingerprint=c.data.fingerprint,
         model=model, metric=METRIC,
     )
-    study = open_study(p["study_name"], storage, identity=identity, sampler=sampler, pruner=pruner, force=p["force"])
+    study = open_study(p["study_name"], storage, identity=identity, sampler=c.sampler, pruner=c.pruner, force=p["force"])
+    study.set_user_attr(SPACE_ATTR, c.space.to_dict())
     if study.trials and p["seed"] is not None:
         # A resumed run with the same seed would replay the first run's random draws
         # (duplicate trials): offset the seed by what the study already holds.
         study.sampler = make_sampler(p["sampler"], seed=p["seed"] + len(study.trials))
-    return Prepared(p, space, data, objective, study, run_dir)
+    return Prepared(p, c.space, c.data, c.objective, study, run_dir)
 
 
 def baseline_params(space: SearchSpace, fixed: dict[str, Any]) -> dict[str, Any]:
@@ -83,12 +102,19 @@ def baseline_value(study: optuna.Study) -> float | None:
 
 
 def tune(
-    p: dict[str, Any], *, callbacks: Sequence[Callable] = (), show_progress_bar: bool = False, prep: Prepared | None = None
+    p: dict[str, Any],
+    *,
+    callbacks: Sequence[Callable] = (),
+    show_progress_bar: bool = False,
+    prep: Prepared | None = None,
+    baseline: float | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) the phase's study; returns the summary also written to summary.json.
 
     `callbacks` are extra Optuna callbacks (a notebook's live chart); `prep` reuses an
-    earlier `prepare(p)` (a notebook that showed the study before running it)."""
+    earlier `prepare(p)` (a notebook that showed the study before running it); `baseline`
+    is the score to beat when this study has no baseline trial of its own (a focused
+    study warm-started from the quick one is measured against the quick baseline)."""
     prep = prep or prepare(p)
     study = prep.study
     if p["baseline"] and not study.trials:
@@ -99,20 +125,21 @@ def tune(
         study, prep.objective, n_trials=p["n_trials"], timeout=p["timeout"], callbacks=[*rules, *callbacks], clock=clock,
         show_progress_bar=show_progress_bar,
     )
-    summary = summarize(prep, result)
+    summary = summarize(prep, result, baseline)
     write_json_atomic(prep.run_dir / "summary.json", summary)
     return summary
 
 
-def summarize(prep: Prepared, result: RunResult) -> dict[str, Any]:
+def summarize(prep: Prepared, result: RunResult, baseline: float | None = None) -> dict[str, Any]:
     study, p = prep.study, prep.params
     states = {s.name.lower(): 0 for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING, TrialState.WAITING)}
     for t in study.get_trials():
         states[t.state.name.lower()] = states.get(t.state.name.lower(), 0) + 1
-    base = baseline_value(study)
+    base = baseline_value(study) if baseline is None else baseline
     best = result.best_value
     gain = None if base is None or best is None else best - base
     return {
+        "headline": headline(best, base, result.n_finished, result.elapsed_s),
         "study_name": study.study_name,
         "phase": p["phase"],
         "storage": storage_label(p),
@@ -137,19 +164,19 @@ def summarize(prep: Prepared, result: RunResult) -> dict[str, Any]:
     }
 
 
+def headline(best: float | None, base: float | None, n_finished: int, elapsed_s: float) -> str:
+    if best is None:
+        return f"no trial completed ({n_finished} finished)"
+    vs = f" vs baseline {base:.4f} ({(best - base) / base:+.1%})" if base else ""
+    return f"best macro-F1 {best:.4f}{vs}, {n_finished} trials, {elapsed_s / 60:.1f} min"
+
+
 def storage_label(p: dict[str, Any]) -> str:
     """Where the study lives, safe to show (passwords masked)."""
     url = p["storage"] or os.environ.get("TUNEWISE_STORAGE")
     return redact(url) if url else str(Path(p["run_dir"]) / "study.journal")
 
 
-def write_json_atomic(path: Path, payload: dict[str, Any]) -> None:
-    """Readers see the old file or the new one, never half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(payload, fh, indent=2, default=str)
-    os.replace(tmp, path)
 
 
 

@@ -15,8 +15,6 @@ training.
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
@@ -29,6 +27,7 @@ import yaml
 from scipy import stats
 
 from . import params as P
+from .atomic import write_text_atomic
 from .cache import ImageData
 from .errors import ConfigError, TunewiseError
 from .hparams import TrainConfig
@@ -302,18 +301,4 @@ def write_params_file(path: str | Path, base_params: Mapping[str, Any], winner: 
               *str(note).splitlines(),
               "The winning configuration's values are fixed below; search_space is {} (nothing searched)."]
     text = "".join(f"# {line}\n" for line in header) + yaml.safe_dump(values, sort_keys=False)
-    return _write_text_atomic(Path(path), text)
-
-
-def _write_text_atomic(path: Path, text: str) -> Path:
-    """Readers see the old file or the new one, never half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_text_atomic(Path(path), text)
