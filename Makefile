@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/tunewise demo
+	$(VENV)/bin/tunewise demo --out runs/demo
 
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -1,10 +1,15 @@
 """The `tunewise` command.
 
-    tunewise tune [--params FILE] [--set KEY=VALUE ...] [--out DIR]   run or resume a study
-    tunewise demo [--out DIR]                                         a short study on digits
+    tunewise run PHASE [--params FILE] [--set KEY=VALUE ...] [--out DIR]
+        execute a phase notebook (quick, focused, validate, postmortem) headless
+    tunewise pipeline [--params FILE] [--set ...] [--out DIR]
+        quick, focused (if the gate says so), validate, post-mortem, with an index page
+    tunewise demo [--out DIR]     the pipeline on the built-in digits, a CPU preset
+    tunewise tune [--params FILE] [--set ...] [--out DIR]
+        run or resume a study through the library alone (no notebook)
 
-Bad input is one readable message and exit status 2 (add --traceback to see where);
-Ctrl-C leaves the study consistent and exits 130.
+Bad input is one readable message and exit status 2 (add --traceback to see where); a
+failed notebook cell exits 1 with the executed notebook kept; Ctrl-C exits 130.
 """
 
 from __future__ import annotations
@@ -16,55 +21,96 @@ from pathlib import Path
 
 from .errors import TunewiseError
 
-DEMO_PARAMS = Path(__file__).resolve().parents[2] / "params" / "demo.yaml"
+PARAMS_DIR = Path(__file__).resolve().parents[2] / "params"
+DEMO_PARAMS = PARAMS_DIR / "demo.yaml"
+
+
+def _common(p: argparse.ArgumentParser, with_params: bool = True) -> None:
+    if with_params:
+        p.add_argument("--params", help="a params YAML file (default: the phase's preset in params/)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one parameter (repeatable), e.g. --set n_trials=5")
+    p.add_argument("--out", help="run folder (default: the parameters' run_dir)")
+    p.add_argument("--traceback", action="store_true", default=argparse.SUPPRESS, help="show the full traceback of an error")
 
 
 def _parser() -> argparse.ArgumentParser:
+    from .params import PHASES
+
     ap = argparse.ArgumentParser(prog="tunewise", description="Tune timm image classifiers with Optuna, phase by phase.")
     ap.add_argument("--traceback", action="store_true", help="show the full traceback of an error")
     sub = ap.add_subparsers(dest="command", required=True)
-    for name, text in (("tune", "run or resume a study headless"), ("demo", "a short study on the built-in digits")):
-        p = sub.add_parser(name, help=text, description=text)
-        if name == "tune":
-            p.add_argument("--params", help="a params YAML file (e.g. params/quick.yaml)")
-        p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                       help="override one parameter (repeatable), e.g. --set n_trials=5")
-        p.add_argument("--out", help="run folder (default: the params' run_dir)")
-        p.add_argument("--traceback", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    run = sub.add_parser("run", help="execute one phase notebook headless (papermill)")
+    run.add_argument("phase", choices=PHASES)
+    _common(run)
+    _common(sub.add_parser("pipeline", help="quick, focused, validate and post-mortem into one run folder"))
+    _common(sub.add_parser("demo", help="the pipeline on the built-in digits (CPU preset)"), with_params=False)
+    _common(sub.add_parser("tune", help="run or resume a study through the library (no notebook)"))
     return ap
 
 
-def _print_summary(s: dict) -> None:
+def _overrides(args) -> dict:
+    from . import params as P
+
+    overrides = P.parse_set(args.overrides)
+    if args.out:
+        overrides["run_dir"] = args.out
+    return overrides
+
+
+def _print_study(s: dict) -> None:
     def fmt(v):
         return "n/a" if v is None else f"{v:.4f}"
 
-    print(f"\nstudy {s['study_name']} ({s['phase']}): {s['n_finished']} finished trials {s['trials']}")
+    print(f"study {s['study_name']} ({s['phase']}): {s['n_finished']} finished trials {s['trials']}")
     print(f"best macro-F1 {fmt(s['best_value'])}   baseline {fmt(s['baseline_value'])}   gain {fmt(s['gain'])}")
     print(f"best parameters: {s['best_params']}")
     message = (s["stop_details"] or {}).get("message", "")
     print(f"stopped: {s['stop_reason']}: {message} Time spent on the study: {s['elapsed_s']:.1f} s")
 
 
-def _tune(args) -> int:
-    from . import params as P
-    from .tuning import tune
+def _report(run) -> None:
+    status = "ok" if run.ok else "FAILED"
+    print(f"[{run.phase}] {status} in {run.wall_s:.1f} s: {run.notebook}" + (f", {run.html}" if run.html else ""))
+    if run.summary and run.summary.get("headline"):
+        print(f"[{run.phase}] {run.summary['headline']}")
+    if not run.ok:
+        print(f"tunewise: {run.phase} notebook failed at {run.error}", file=sys.stderr)
+        print(f"tunewise: the executed notebook, error marked, is kept at {run.notebook}", file=sys.stderr)
 
-    file = getattr(args, "params", None) or (DEMO_PARAMS if args.command == "demo" else None)
-    overrides = P.parse_set(args.overrides)
-    if args.out:
-        overrides["run_dir"] = args.out
-    p = P.resolve(file, overrides)
-    summary = tune(p)
-    _print_summary(summary)
-    print(f"summary: {Path(p['run_dir']) / 'summary.json'}")
-    return 130 if summary["interrupted"] else 0
+
+def _run(args) -> int:
+    from . import params as P
+    from .execute import phase_params, pipeline, run_phase
+
+    overrides = _overrides(args)
+    if args.command == "tune":
+        from .tuning import tune
+
+        p = P.resolve(args.params, overrides)
+        summary = tune(p)
+        _print_study(summary)
+        print(f"summary: {Path(p['run_dir']) / 'summary.json'}")
+        return 130 if summary["interrupted"] else 0
+    if args.command == "run":
+        p = phase_params(args.phase, args.params, overrides)
+        run = run_phase(args.phase, p)
+        _report(run)
+        return 0 if run.ok else 1
+    file = DEMO_PARAMS if args.command == "demo" else args.params
+    out = Path(overrides.pop("run_dir", None) or ("runs/demo" if args.command == "demo" else P.resolve(file)["run_dir"]))
+    runs = pipeline(file, overrides, out)
+    for run in runs:
+        _report(run)
+    print(f"index: {out / 'index.html'}")
+    return 0 if all(r.ok for r in runs) else 1
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        return _tune(args)
+        return _run(args)
     except TunewiseError as exc:
         if args.traceback:
             raise

@@ -1,0 +1,356 @@
+"""The few calls a phase notebook makes, each showing its result.
+
+Notebooks stay thin: a parameters cell of literals, then one or two of these per cell.
+Everything here also runs headless under papermill (`interactive=False`): widgets and
+live charts are skipped, static charts are drawn at the end instead.
+"""
+
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+import plotly.io as pio
+from IPython.display import HTML, display
+from optuna.trial import TrialState
+
+from . import params as P
+from . import postmortem, tuning
+from .atomic import write_json_atomic
+from .cache import describe
+from .errors import ConfigError, did_you_mean
+from .narrow import Narrowed, best_complete, narrow_space, warm_start
+from .space import SearchSpace
+from .stoprules import Verdict, should_continue_optimization
+from .storage import open_storage
+from .validate import Validation, noise_std, save_noise, validate_configs, write_params_file
+
+# JupyterLab draws plotly's own mime type natively, and the HTML report turns it into
+# interactive charts with one embedded plotly.js (see report.py).
+pio.renderers.default = "plotly_mimetype"
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+# The seed's measured gains from tuning by dataset size (mean macro-F1 change).
+SIZE_BANDS = [(10_000, "10K+ images", "+5.2%"), (5_000, "5-10K images", "+2.1%"), (1_000, "1-5K images", "+0.3%"), (0, "under 1K images", "-0.8%")]
+
+
+def resolve(namespace: dict[str, Any]) -> dict[str, Any]:
+    """The notebook's parameters (its cell plus anything papermill injected), checked."""
+    return P.resolve(None, {k: namespace[k] for k in P.DEFAULTS if k in namespace})
+
+
+def table(rows: list[dict[str, Any]], caption: str = "") -> HTML:
+    if not rows:
+        return HTML(f"<p><i>{html.escape(caption)}: nothing to show</i></p>")
+    cols = list(rows[0])
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in cols)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(r.get(c)))}</td>" for c in cols) + "</tr>" for r in rows)
+    cap = f"<caption style='text-align:left'><b>{html.escape(caption)}</b></caption>" if caption else ""
+    return HTML(f"<table>{cap}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return "" if v is None else str(v)
+
+
+def show_params(p: dict[str, Any], keys: list[str] | None = None) -> HTML:
+    keys = keys or ["phase", "study_name", "dataset", "img_size", "model", "epochs", "n_trials", "timeout",
+                    "sampler", "pruner", "storage", "run_dir", "device"]
+    shown = {**p, "storage": tuning.storage_label(p)}
+    return table([{"parameter": k, "value": shown[k]} for k in keys], "Parameters")
+
+
+def preflight(p: dict[str, Any]) -> HTML:
+    """What the data says before any trial: size and classes, and what the seed's study
+    measured tuning to be worth at this size."""
+    data = tuning.load_images(P.data_spec(p), p["cache_dir"])
+    info = describe(data)
+    n = info["n_images"]
+    band, gain = next((b, g) for low, b, g in SIZE_BANDS if n >= low)
+    counts = info["class_counts"]
+    note = (
+        f"{n} images in {info['classes']} classes ({min(counts.values())}-{max(counts.values())} per class), "
+        f"{info['img_size']} px, from {info['description']} (loaded from {data.origin}). "
+        f"The seed's study measured an average gain from tuning of {gain} on datasets of {band}"
+        + ("; below 10K images, fixing the data usually pays more than tuning." if n < 10_000 else ".")
+    )
+    return HTML(f"<p><b>Pre-flight.</b> {html.escape(note)}</p>")
+
+
+def space_editor(p: dict[str, Any]):
+    """The search-space editor (interactive runs); None under papermill."""
+    if not p["interactive"]:
+        return None
+    from .widgets import SpaceEditor
+
+    editor = SpaceEditor(p["search_space"] if p["search_space"] is not None else P.SEED_SPACE)
+    display(editor.widget)
+    return editor
+
+
+def with_space(p: dict[str, Any], editor) -> dict[str, Any]:
+    """The parameters with the editor's space (what the sliders say now)."""
+    return {**p, "search_space": editor.value} if editor is not None else p
+
+
+def search(p: dict[str, Any], *, prep: tuning.Prepared | None = None, baseline: float | None = None) -> dict[str, Any]:
+    """Run (or resume) the phase's study; a live chart and progress bar while it runs."""
+    prep = prep or tuning.prepare(p)
+    callbacks = []
+    if p["interactive"]:
+        from .charts import LiveChart
+
+        live = LiveChart(p["n_trials"], title=f"{p['phase']}: macro-F1 per trial")
+        live.display()
+        callbacks.append(live)
+    return tuning.tune(p, callbacks=callbacks, prep=prep, baseline=baseline)
+
+
+def show_result(summary: dict[str, Any]) -> HTML:
+    rows = [
+        {"": "best macro-F1", "value": summary["best_value"]},
+        {"": "baseline (default settings)", "value": summary["baseline_value"]},
+        {"": "gain", "value": summary["gain"]},
+        {"": "relative gain", "value": None if summary["relative_gain"] is None else f"{summary['relative_gain']:+.2%}"},
+        {"": "finished trials", "value": f"{summary['n_finished']} {summary['trials']}"},
+        {"": "time spent (s)", "value": summary["elapsed_s"]},
+        {"": "stopped", "value": f"{summary['stop_reason']}: {(summary['stop_details'] or {}).get('message', '')}"},
+        {"": "best parameters", "value": summary["best_params"]},
+    ]
+    return table(rows, f"Result of study {summary['study_name']}")
+
+
+def load_study(p: dict[str, Any], name: str) -> optuna.Study:
+    storage = open_storage(p["storage"], p["run_dir"])
+    names = optuna.get_all_study_names(storage)
+    if name not in names:
+        raise ConfigError(
+            f"study {name!r} is not in {tuning.storage_label(p)}; studies there: {', '.join(names) or 'none'}"
+            + did_you_mean(name, names)
+        )
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+def verdict(study: optuna.Study, p: dict[str, Any]) -> HTML:
+    """The seed's question between phases, answered from the study."""
+    v = should_continue_optimization(study, tuning.baseline_value(study), p["min_relative_gain"])
+    word = "Worth another phase" if v.go else "Not worth another phase"
+    return HTML(f"<p><b>{word}.</b> {html.escape(v.reason)}</p>")
+
+
+def final_charts(study: optuna.Study) -> None:
+    """Static charts at the end of a phase (in every run, headless or not)."""
+    from . import charts
+
+    charts.history(study).show()
+    charts.importances(study).show()
+
+
+def write_summary(p: dict[str, Any], summary: dict[str, Any]) -> Path:
+    path = Path(p["run_dir"]) / "summary.json"
+    write_json_atomic(path, summary)
+    return path
+
+
+# ---- focused phase ----------------------------------------------------------------------
+
+@dataclass
+class Focus:
+    """The gate's verdict and the narrowed space, from the quick study."""
+
+    source: optuna.Study
+    verdict: Verdict
+    narrowed: Narrowed | None
+    go: bool
+
+
+def study_space(study: optuna.Study, p: dict[str, Any]) -> SearchSpace:
+    """The space a study searched (recorded when it was prepared), else the parameters'."""
+    raw = study.user_attrs.get(tuning.SPACE_ATTR) or p["search_space"] or P.SEED_SPACE
+    return SearchSpace.from_dict(raw)
+
+
+def focus(p: dict[str, Any]) -> Focus:
+    source = load_study(p, p["source_study"] or "quick")
+    v = should_continue_optimization(source, tuning.baseline_value(source), p["min_relative_gain"])
+    go = v.go or p["always_run"]
+    narrowed = None
+    if go:
+        narrowed = narrow_space(
+            source.get_trials(deepcopy=False), study_space(source, p), direction=source.direction.name.lower(),
+            top_share=p["top_share"], top_k=p["top_k"] or None, margin=p["margin"],
+        )
+    return Focus(source, v, narrowed, go)
+
+
+def show_focus(f: Focus) -> HTML:
+    word = "Worth a focused phase" if f.verdict.go else "Not worth a focused phase"
+    text = f"<p><b>{word}.</b> {html.escape(f.verdict.reason)}</p>"
+    if not f.go:
+        return HTML(text + "<p>The focused search is skipped (set <code>always_run: true</code> to run it anyway).</p>")
+    if not f.verdict.go:
+        text += "<p>Running anyway: <code>always_run</code> is set.</p>"
+    rows = table(f.narrowed.table, f"Search space narrowed from {len(f.narrowed.top_numbers)} best trials of {f.source.study_name}")
+    return HTML(text + rows.data)
+
+
+def focused_search(p: dict[str, Any], f: Focus) -> dict[str, Any]:
+    """Search the narrowed space: a new study warm-started with the best quick trials,
+    or (focus_mode: resume) the quick study itself, continued in the narrowed space."""
+    base = tuning.baseline_value(f.source)
+    if not f.go:
+        summary = {
+            "phase": p["phase"], "study_name": None, "skipped": True, "source_study": f.source.study_name,
+            "verdict": {"go": False, "reason": f.verdict.reason, **f.verdict.figures},
+            "headline": f"skipped: {f.verdict.reason}",
+        }
+        write_summary(p, summary)
+        return summary
+    space = f.narrowed.space.to_dict()
+    if p["focus_mode"] == "resume":
+        from .study import finished_trials
+
+        q = {**p, "study_name": f.source.study_name, "search_space": space, "force": True,
+             "n_trials": finished_trials(f.source) + p["n_trials"]}
+        summary = search(q)
+    else:
+        q = {**p, "search_space": space, "baseline": False}
+        prep = tuning.prepare(q)
+        warm_start(prep.study, f.source.get_trials(deepcopy=False), f.narrowed.space, p["warm_start_n"],
+                   prep.study.direction.name.lower(), source_name=f.source.study_name)
+        summary = search(q, prep=prep, baseline=base)
+    summary["source_study"] = f.source.study_name
+    summary["narrowed"] = f.narrowed.to_dict()
+    write_summary(p, summary)
+    return summary
+
+
+# ---- validation phase -------------------------------------------------------------------
+
+def _studies(p: dict[str, Any]) -> list[optuna.Study]:
+    storage = open_storage(p["storage"], p["run_dir"])
+    return [optuna.load_study(study_name=n, storage=storage) for n in optuna.get_all_study_names(storage)]
+
+
+def validation_source(p: dict[str, Any]) -> optuna.Study:
+    """The study named by source_study, else the one whose last trial finished latest
+    (the focused study when it ran, the quick one when the gate skipped it)."""
+    if p["source_study"]:
+        return load_study(p, p["source_study"])
+
+    def last_complete(s: optuna.Study):
+        ends = [t.datetime_complete for t in s.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+        return max(ends) if ends else None
+
+    candidates = [(last_complete(s), s) for s in _studies(p)]
+    candidates = [(end, s) for end, s in candidates if end is not None]
+    if not candidates:
+        raise ConfigError(f"source_study: no study with complete trials in {tuning.storage_label(p)}; run the quick phase first")
+    return max(candidates, key=lambda c: c[0])[1]
+
+
+def validation_configs(study: optuna.Study, k: int) -> dict[str, dict[str, Any]]:
+    """baseline (the default settings), best, and the next best k-1 distinct settings."""
+    ranked = best_complete(study.get_trials(deepcopy=False), study.direction.name.lower())
+    if not ranked:
+        raise ConfigError(f"source_study: {study.study_name} has no complete trial to validate")
+    configs: dict[str, dict[str, Any]] = {"baseline": {}}
+    seen: list[dict] = []
+    for t in ranked:
+        if t.params in seen:
+            continue
+        seen.append(t.params)
+        configs["best" if len(seen) == 1 else f"top{len(seen)}"] = dict(t.params)
+        if len(seen) >= max(k, 1):
+            break
+    return configs
+
+
+def run_validation(p: dict[str, Any], configs: dict[str, dict[str, Any]]) -> Validation:
+    data = tuning.load_images(P.data_spec(p), p["cache_dir"])
+    runs = len(configs) * len(p["seeds"]) * max(p["folds"], 1)
+    bar = _progress(runs, "runs") if p["interactive"] else None
+
+    def on_run(name: str, seed: int, score: float) -> None:
+        if bar is not None:
+            bar.value += 1
+        print(f"{name:>9}  seed {seed:>5}  macro-F1 {score:.4f}")
+
+    return validate_configs(data, configs, P.train_settings(p), seeds=p["seeds"], folds=p["folds"] or None,
+                            val_fraction=p["val_fraction"], device=p["device"], on_run=on_run)
+
+
+def _progress(total: int, label: str):
+    from ipywidgets import IntProgress
+
+    bar = IntProgress(value=0, min=0, max=total, description=label)
+    display(bar)
+    return bar
+
+
+def show_validation(v: Validation, comparison) -> HTML:
+    word = {"real gain": "A real gain", "real loss": "A real loss"}.get(comparison.verdict, "Within noise")
+    return HTML(table(v.table(), "macro-F1 per configuration and seed").data
+                + f"<p><b>{word}.</b> {html.escape(comparison.message)}</p>")
+
+
+def record_validation(p: dict[str, Any], source: optuna.Study, v: Validation, comparison, configs) -> dict[str, Any]:
+    """Save the measured noise to the studies on the same data (their stop rules use it),
+    write the winner as a params file, and the phase summary."""
+    noise = noise_std(v)
+    fingerprint = (source.user_attrs.get("tunewise.identity") or {}).get("data_fingerprint")
+    for s in _studies(p):
+        if (s.user_attrs.get("tunewise.identity") or {}).get("data_fingerprint") == fingerprint:
+            save_noise(s, noise)
+    winner_name = "best" if comparison.verdict == "real gain" else "baseline"
+    note = (f"From study {source.study_name}: {comparison.message.rstrip('.')}.\n"
+            + ("Winner: best." if winner_name == "best" else "Winner: baseline, the defaults: the tuned settings did not beat them beyond noise."))
+    path = write_params_file(Path(p["run_dir"]) / p["params_out"], p, configs[winner_name], note)
+    means = v.means
+    summary = {
+        "phase": p["phase"], "source_study": source.study_name, "seeds": v.seeds, "folds": v.folds,
+        "configs": configs, "table": v.table(), "comparison": comparison.to_dict(), "noise_std": noise,
+        "winner": winner_name, "params_file": str(path), "wall_s": round(v.wall_s, 2),
+        "headline": f"{comparison.verdict}: best {means['best']:.4f} vs baseline {means['baseline']:.4f} "
+                    f"over {len(v.seeds)} seeds (noise {noise:.4f}); winner {winner_name}",
+    }
+    write_summary(p, summary)
+    return summary
+
+
+# ---- post-mortem ------------------------------------------------------------------------
+
+def postmortem_studies(p: dict[str, Any]) -> list[optuna.Study]:
+    studies = [load_study(p, n) for n in p["studies"]] if p["studies"] else _studies(p)
+    if not studies:
+        raise ConfigError(f"studies: no study in {tuning.storage_label(p)}; allowed: names of studies there")
+    return studies
+
+
+def show_phase_table(studies: list[optuna.Study]) -> HTML:
+    return HTML("<p><b>The phases side by side</b> (the seed's case format)</p>" + postmortem.render_table(postmortem.phase_table(studies)))
+
+
+def show_stops_and_savings(studies: list[optuna.Study]) -> HTML:
+    rows = []
+    for s in studies:
+        stop = postmortem.stop_reasons(s)
+        saved = postmortem.pruning_savings(s)
+        rows.append({"study": s.study_name, "stopped by": stop["reason"], "why": stop["message"], "pruning": saved["text"]})
+    return table(rows, "Why each study stopped, and what pruning saved")
+
+
+def postmortem_summary(p: dict[str, Any], studies: list[optuna.Study]) -> dict[str, Any]:
+    rows = postmortem.phase_table(studies)
+    best = max((r for r in rows if r["best"] is not None), key=lambda r: r["best"], default=None)
+    summary = {
+        "phase": p["phase"], "studies": [postmortem.summarize_study(s) for s in studies], "phase_table": rows,
+        "headline": (f"{len(studies)} studies; best macro-F1 {best['best']:.4f} in {best['study']}" if best else f"{len(studies)} studies, none complete"),
+    }
+    write_summary(p, summary)
+    return summary

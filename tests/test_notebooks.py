@@ -1,0 +1,143 @@
+"""The phase notebooks as users run them: committed clean, parameters that papermill
+shows and that match the presets, and real headless runs through `tunewise run`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nbformat
+import optuna
+import papermill as pm
+import pytest
+
+from tunewise import params as P
+from tunewise.cli import main
+from tunewise.storage import open_storage
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+
+
+def test_every_phase_has_a_notebook():
+    assert sorted(p.stem for p in NOTEBOOKS) == sorted(P.PHASES)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_committed_notebooks_carry_no_outputs(path):
+    nb = nbformat.read(path, as_version=4)
+    nbformat.validate(nb)
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            assert cell.outputs == [] and cell.execution_count is None, f"{path.name} cell {cell.id} has outputs"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_parameters_are_typed_commented_literals_matching_the_preset(path):
+    nb = nbformat.read(path, as_version=4)
+    tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(tagged) == 1, "exactly one cell tagged 'parameters'"
+    inferred = pm.inspect_notebook(str(path))
+    assert inferred, "papermill --help-notebook must list the parameters"
+    for name, info in inferred.items():
+        assert name in P.DEFAULTS, f"{path.name}: parameter {name} is not a tunewise parameter"
+        assert info["inferred_type_name"] != "None", f"{path.name}: {name} has no type hint"
+        assert info["help"], f"{path.name}: {name} has no comment"
+    preset = P.resolve(ROOT / "params" / f"{path.stem}.yaml")
+    namespace: dict = {}
+    exec(tagged[0].source, namespace)  # literals only: safe, and what papermill would run
+    for name in inferred:
+        value = namespace[name]
+        expected = preset[name]
+        # a notebook writes "" where the YAML leaves a path out (papermill needs a str)
+        assert value == expected or (value == "" and expected is None), f"{path.name}: {name}={value!r}, preset has {expected!r}"
+
+
+def _no_external_fetches(page: str) -> None:
+    import re
+
+    for attr in re.findall(r'<(?:script|link|img|iframe)[^>]+(?:src|href)="([^"]+)"', page):
+        assert not attr.startswith(("http:", "https:", "//")), f"the report fetches {attr}"
+
+
+@pytest.fixture(scope="module")
+def pipeline_run(tmp_path_factory):
+    """The whole pipeline once, small: quick, focused (forced to run), validate, post-mortem."""
+    out = tmp_path_factory.mktemp("pipeline") / "run"
+    code = main(["pipeline", "--params", str(ROOT / "params" / "demo.yaml"), "--set", "n_trials=5", "--set", "epochs=1",
+                 "--set", "always_run=true", "--set", "warm_start_n=2", "--set", "seeds=[42, 777]", "--out", str(out)])
+    return code, out
+
+
+def test_pipeline_runs_every_phase_into_one_folder(pipeline_run):
+    code, out = pipeline_run
+    assert code == 0
+    for phase in P.PHASES:
+        for name in (f"{phase}.ipynb", f"{phase}.html", "summary.json"):
+            assert (out / phase / name).is_file(), f"{phase}/{name} missing"
+        nb = nbformat.read(out / phase / f"{phase}.ipynb", as_version=4)
+        errors = [o for c in nb.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
+        assert not errors, f"{phase} notebook has an error output"
+        assert any(c.get("outputs") for c in nb.cells if c.cell_type == "code"), f"{phase} notebook shows nothing"
+    index = (out / "index.html").read_text()
+    assert all(f'href="{ph}/{ph}.html"' in index for ph in P.PHASES)
+    storage = open_storage(str(out / "study.journal"), out)
+    assert sorted(optuna.get_all_study_names(storage)) == ["demo-focused", "demo-quick"]
+
+
+def test_quick_and_focused_summaries_count_the_studies(pipeline_run):
+    _, out = pipeline_run
+    quick = json.loads((out / "quick" / "summary.json").read_text())
+    assert quick["n_finished"] == 5 and quick["baseline_value"] is not None and quick["notebook_wall_s"] > 0
+    assert set(quick) >= {"best_value", "best_params", "trials", "stop_reason", "gain", "elapsed_s"}
+    focused = json.loads((out / "focused" / "summary.json").read_text())
+    assert focused["n_finished"] == 5 and focused["source_study"] == "demo-quick"
+    assert focused["baseline_value"] == quick["baseline_value"]  # measured against the quick baseline
+    study = optuna.load_study(study_name="demo-focused", storage=open_storage(str(out / "study.journal"), out))
+    warm = [t for t in study.trials if "tunewise.warm_start_from" in t.user_attrs]
+    assert len(warm) == 2 and study.user_attrs["tunewise.lineage"]["from_study"] == "demo-quick"
+    narrowed = focused["narrowed"]["space"]
+    for t in study.trials:  # every focused trial lies inside the narrowed space
+        lr = narrowed["lr"]
+        assert lr["low"] <= t.params["lr"] <= lr["high"]
+
+
+def test_validate_writes_verdict_noise_and_final_params(pipeline_run):
+    _, out = pipeline_run
+    summary = json.loads((out / "validate" / "summary.json").read_text())
+    assert summary["seeds"] == [42, 777] and set(summary["configs"]) >= {"baseline", "best"}
+    assert summary["comparison"]["verdict"] in ("real gain", "real loss", "within noise")
+    final = P.resolve(summary["params_file"])
+    assert final["search_space"] == {}
+    storage = open_storage(str(out / "study.journal"), out)
+    for name in ("demo-quick", "demo-focused"):
+        assert optuna.load_study(study_name=name, storage=storage).user_attrs["tunewise.noise_floor"] == pytest.approx(summary["noise_std"])
+
+
+def test_reports_are_self_contained_with_interactive_charts(pipeline_run):
+    _, out = pipeline_run
+    page = (out / "postmortem" / "postmortem.html").read_text()
+    _no_external_fetches(page)
+    assert page.count("Plotly.newPlot(") >= 8  # history, ROI, importances, contour, ... for each study
+    assert page.count("function(") > 1000  # plotly.js itself is inside the page...
+    assert page.count("plotly.js v") <= 2  # ...once
+    _no_external_fetches((out / "quick" / "quick.html").read_text())
+
+
+def test_a_failed_cell_exits_nonzero_and_keeps_the_notebook(tmp_path, capsys):
+    out = tmp_path / "run"
+    code = main(["run", "validate", "--set", "source_study=nope", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "validate notebook failed at cell" in err
+    assert "ConfigError: study 'nope' is not in" in err and "studies there: none" in err
+    assert len(err.splitlines()) <= 3
+    nb = nbformat.read(out / "validate.ipynb", as_version=4)
+    assert any(o.get("output_type") == "error" for c in nb.cells for o in c.get("outputs", []))
+    assert (out / "validate.html").is_file() and not list(out.glob(".*partial*"))
+
+
+def test_bad_parameters_fail_before_a_kernel_starts(tmp_path, capsys):
+    code = main(["run", "quick", "--set", "model=test_convnxt", "--out", str(tmp_path / "r")])
+    assert code == 2 and "did you mean 'test_convnext'" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
