@@ -141,3 +141,33 @@ def test_bad_parameters_fail_before_a_kernel_starts(tmp_path, capsys):
     code = main(["run", "quick", "--set", "model=test_convnxt", "--out", str(tmp_path / "r")])
     assert code == 2 and "did you mean 'test_convnext'" in capsys.readouterr().err
     assert not (tmp_path / "r").exists()
+
+
+def test_running_the_same_command_again_resumes_the_study(tmp_path):
+    out = tmp_path / "run"
+    args = ["run", "quick", "--set", "epochs=1", "--set", "search_space={lr: {type: float, low: 1.0e-4, high: 1.0e-2, log: true}}",
+            "--set", "batch_size=64", "--set", "pruner=none", "--out", str(out)]
+    assert main([*args, "--set", "n_trials=2"]) == 0
+    assert main([*args, "--set", "n_trials=3"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["n_finished"] == 3 and summary["study_name"] == "quick"
+    study = optuna.load_study(study_name="quick", storage=open_storage(str(out / "study.journal"), out))
+    assert len(study.trials) == 3 and study.trials[0].user_attrs["tunewise.baseline"] is True
+
+
+def test_postmortem_notebook_passes_nbval_with_its_defaults(tmp_path):
+    """`pytest --nbval-lax` over the committed post-mortem notebook, run with its own
+    defaults (runs/tunewise/study.journal next to it) on a small real study."""
+    import shutil
+    import subprocess
+    import sys
+
+    nb = tmp_path / "postmortem.ipynb"
+    shutil.copy(ROOT / "notebooks" / "postmortem.ipynb", nb)
+    storage = open_storage(None, tmp_path / "runs" / "tunewise")
+    study = optuna.create_study(study_name="quick", storage=storage, direction="maximize")
+    study.optimize(lambda t: 1 - (t.suggest_float("lr", 1e-4, 1e-1, log=True) - 0.01) ** 2 + t.suggest_float("dropout", 0, 0.3) / 10, n_trials=12)
+    proc = subprocess.run([sys.executable, "-m", "pytest", "--nbval-lax", "-p", "no:cacheprovider", "-q", str(nb)],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:]
+    assert " passed" in proc.stdout and "failed" not in proc.stdout
