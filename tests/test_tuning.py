@@ -13,7 +13,7 @@ import pytest
 from tunewise import params as P
 from tunewise.cli import main
 from tunewise.errors import ConfigError
-from tunewise.tuning import BASELINE_ATTR, prepare, tune
+from tunewise.tuning import BASELINE_ATTR, check, prepare, tune
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL_SPACE = {
@@ -73,8 +73,8 @@ def test_unknown_keys_and_values_are_named(tmp_path):
 @pytest.mark.parametrize("preset", sorted(p.name for p in (ROOT / "params").glob("*.yaml")))
 def test_every_preset_is_valid(preset, tmp_path):
     p = P.resolve(ROOT / "params" / preset, {"run_dir": str(tmp_path / "run")})
-    prepared = prepare(p)  # builds space, sampler, pruner, rules, storage, data and model: no training
-    assert prepared.space.distributions
+    checked = check(p)  # builds space, sampler, pruner, rules, data and model: no training, nothing written
+    assert checked.space.distributions and not (tmp_path / "run").exists()
 
 
 def test_cli_bad_input_is_one_message_without_traceback(tmp_path):
