@@ -22,7 +22,7 @@ from . import postmortem, tuning
 from .atomic import write_json_atomic
 from .cache import describe
 from .errors import ConfigError, did_you_mean
-from .narrow import Narrowed, best_complete, narrow_space, warm_start
+from .narrow import LINEAGE_ATTR, Narrowed, best_complete, narrow_space, warm_start
 from .space import SearchSpace
 from .stoprules import Verdict, should_continue_optimization
 from .storage import open_storage
@@ -217,6 +217,7 @@ def focused_search(p: dict[str, Any], f: Focus) -> dict[str, Any]:
 
         q = {**p, "study_name": f.source.study_name, "search_space": space, "force": True,
              "n_trials": finished_trials(f.source) + p["n_trials"]}
+        f.source.set_user_attr(LINEAGE_ATTR, {"from_study": f.source.study_name, "trials": f.narrowed.top_numbers, "mode": "resume"})
         summary = search(q)
     else:
         q = {**p, "search_space": space, "baseline": False}
