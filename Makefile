@@ -5,7 +5,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench clean browser
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 install: $(STAMP)
 
@@ -18,7 +19,12 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/tunewise demo --out runs/demo
 
-test: $(STAMP)
+# Debian's Chromium for tests/test_browser.py (Playwright drives it; `playwright install` is never run).
+# Skip the browser tests (and this step) with: make test PYTEST_ARGS='-m "not browser"'
+browser:
+	@command -v chromium >/dev/null 2>&1 || ($(SUDO) apt-get update && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y --no-install-recommends chromium fonts-dejavu-core)
+
+test: $(STAMP) $(if $(findstring not browser,$(PYTEST_ARGS)),,browser)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 bench: $(STAMP)
@@ -26,4 +32,4 @@ bench: $(STAMP)
 	$(PY) benchmarks/stop_rules.py
 
 clean:
-	rm -rf runs .pytest_cache
+	rm -rf runs .pytest_cache tests/artifacts
