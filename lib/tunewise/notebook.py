@@ -105,7 +105,7 @@ def search(p: dict[str, Any], *, prep: tuning.Prepared | None = None, baseline: 
     if p["interactive"]:
         from .charts import LiveChart
 
-        live = LiveChart(p["n_trials"], title=f"{p['phase']}: macro-F1 per trial")
+        live = LiveChart(p["n_trials"], title=f"{p['study_name']}: macro-F1 per trial")
         live.display()
         callbacks.append(live)
     return tuning.tune(p, callbacks=callbacks, prep=prep, baseline=baseline)

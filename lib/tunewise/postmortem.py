@@ -85,21 +85,24 @@ def roi_figure(study: optuna.Study) -> go.Figure:
     curve = roi_curve(study)
     if not curve["hours"]:
         return note(title, "No complete trial yet.")
-    fig = go.Figure(layout={"title": title, "xaxis_title": "hours since the first trial started",
+    # Short studies read better in minutes than in fractions of an hour.
+    unit, per_hour = ("min", 60.0) if curve["hours"][-1] < 2 else ("h", 1.0)
+    x = [h * per_hour for h in curve["hours"]]
+    fig = go.Figure(layout={"title": title, "xaxis_title": f"{unit} since the first trial started",
                             "yaxis_title": f"best {metric_label(study)} so far"})
     fig.add_trace(go.Scatter(
-        x=curve["hours"], y=curve["best"], mode="lines+markers", line_shape="hv", name="best so far",
+        x=x, y=curve["best"], mode="lines+markers", line_shape="hv", name="best so far",
         marker={"size": 4},
         customdata=list(zip(curve["trial"], curve["gain"])),
-        hovertemplate="%{x:.2f} h, trial %{customdata[0]}<br>best %{y:.4f}, gain %{customdata[1]:+.4f}"
+        hovertemplate=f"%{{x:.2f}} {unit}, trial %{{customdata[0]}}<br>best %{{y:.4f}}, gain %{{customdata[1]:+.4f}}"
                       "<extra></extra>"))
     fig.add_hline(y=curve["baseline"], line_dash="dot", line_color="gray",
                   annotation_text=f"baseline {curve['baseline']:.4f}", annotation_position="bottom right")
     for fraction in ROI_FRACTIONS:
         hours = curve[_mark_key(fraction)]
         if hours is not None:
-            fig.add_vline(x=hours, line_dash="dash", line_color="#9467bd",
-                          annotation_text=f"{fraction:.0%} of the gain: {hours:.2f} h")
+            fig.add_vline(x=hours * per_hour, line_dash="dash", line_color="#9467bd",
+                          annotation_text=f"{fraction:.0%} of the gain: {hours * per_hour:.2f} {unit}")
     return fig
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import nbformat
 from nbconvert import HTMLExporter
-from nbconvert.preprocessors import Preprocessor
+from nbconvert.preprocessors import Preprocessor, TagRemovePreprocessor
 
 from .atomic import write_text_atomic
 
@@ -54,6 +54,9 @@ def notebook_html(nb: nbformat.NotebookNode) -> str:
 
     exporter = HTMLExporter(template_name="tunewise_report", extra_template_basedirs=[str(TEMPLATES)])
     exporter.register_preprocessor(PlotlyToHTML(), enabled=True)
+    # papermill's injected cell lists every parameter (~60 lines) at the top of a shared
+    # page; the notebook's own parameter table says what matters. The .ipynb keeps it.
+    exporter.register_preprocessor(TagRemovePreprocessor(remove_cell_tags={"injected-parameters"}), enabled=True)
     plotly_js = get_plotlyjs() if has_plotly(nb) else ""  # 4.6 MB: only where a chart needs it
     body, _ = exporter.from_notebook_node(nb, resources={"plotly_js": plotly_js})
     return body

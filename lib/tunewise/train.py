@@ -151,7 +151,8 @@ def train_and_evaluate(
     optimizer = create_optimizer_v2(model, opt=cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum)
     steps_per_epoch = len(train_batches)
     total_steps = cfg.epochs * steps_per_epoch
-    warmup_steps = min(int(round(cfg.warmup_epochs * steps_per_epoch)), max(total_steps - 1, 0))
+    # At most half the run warms up: a 1-epoch trial with warmup_epochs 1 still decays.
+    warmup_steps = min(int(round(cfg.warmup_epochs * steps_per_epoch)), total_steps // 2)
     scheduler = CosineLRScheduler(
         optimizer, t_initial=max(total_steps - warmup_steps, 1), lr_min=cfg.lr * cfg.min_lr_ratio,
         warmup_t=warmup_steps, warmup_lr_init=cfg.lr * 0.01, warmup_prefix=True, t_in_epochs=False,

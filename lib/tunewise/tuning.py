@@ -81,6 +81,7 @@ def prepare(p: dict[str, Any], checked: Checked | None = None) -> Prepared:
     )
     study = open_study(p["study_name"], storage, identity=identity, sampler=c.sampler, pruner=c.pruner, force=p["force"])
     study.set_user_attr(SPACE_ATTR, c.space.to_dict())
+    study.set_metric_names([METRIC])  # dashboards label the axis "macro_f1", not "Objective 0"
     if study.trials and p["seed"] is not None:
         # A resumed run with the same seed would replay the first run's random draws
         # (duplicate trials): offset the seed by what the study already holds.
