@@ -9,6 +9,7 @@ with the default settings as the baseline trial 0, and writes `summary.json`.
 from __future__ import annotations
 
 import os
+import warnings
 
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,7 +82,9 @@ def prepare(p: dict[str, Any], checked: Checked | None = None) -> Prepared:
     )
     study = open_study(p["study_name"], storage, identity=identity, sampler=c.sampler, pruner=c.pruner, force=p["force"])
     study.set_user_attr(SPACE_ATTR, c.space.to_dict())
-    study.set_metric_names([METRIC])  # dashboards label the axis "macro_f1", not "Objective 0"
+    with warnings.catch_warnings():  # experimental in Optuna 5, stable enough for a label
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names([METRIC])  # dashboards label the axis "macro_f1", not "Objective 0"
     if study.trials and p["seed"] is not None:
         # A resumed run with the same seed would replay the first run's random draws
         # (duplicate trials): offset the seed by what the study already holds.
