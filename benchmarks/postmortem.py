@@ -154,10 +154,21 @@ def live_chart_cost(study: optuna.Study) -> tuple[float, float]:
     return 1000 * float(np.mean(costs)), 1000 * float(np.mean(costs[-20:]))
 
 
+def run_notebook(journal: Path, out: Path) -> dict:
+    """The post-mortem as users run it: the notebook through papermill, then its HTML."""
+    from tunewise.execute import phase_params, run_phase
+
+    p = phase_params("postmortem", None, {"storage": str(journal), "run_dir": str(out)})
+    run = run_phase("postmortem", p)
+    return {"ok": run.ok, "wall_s": run.wall_s, "html_mb": run.html.stat().st_size / 1e6 if run.html else 0.0}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--trials", type=int, default=2000)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--no-notebook", dest="notebook", action="store_false",
+                    help="skip the end-to-end `tunewise run postmortem` timing")
     args = ap.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     with tempfile.TemporaryDirectory() as tmp:
@@ -173,6 +184,7 @@ def main() -> None:
             study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0)))
         live_mean, live_last = live_chart_cost(study)
         counts = postmortem.summarize_study(study)["trials"]
+        notebook = run_notebook(path, Path(tmp) / "report") if args.notebook else None
     total = sum(s for _, s, _ in rows)
     print(f"\n## Post-mortem on {args.trials} trials ({counts['complete']} complete, {counts['pruned']} pruned, "
           f"{counts['fail']} failed; 5 params, {EPOCHS} epochs)")
@@ -186,6 +198,9 @@ def main() -> None:
     print(f"\ntotal {total:.1f} s (target < 60 s)")
     print(f"for comparison, importances with fANOVA (Optuna 4's default evaluator): {fanova_s:.1f} s")
     print(f"LiveChart update: {live_mean:.1f} ms mean over {args.trials} trials, {live_last:.1f} ms at the last 20")
+    if notebook:
+        print(f"`tunewise run postmortem` end to end (kernel start, every cell, HTML report): "
+              f"{notebook['wall_s']:.1f} s, report {notebook['html_mb']:.1f} MB ({'ok' if notebook['ok'] else 'FAILED'})")
     print(f"\nreproduce: .venv/bin/python benchmarks/postmortem.py --trials {args.trials} --seed {args.seed}")
 
 
