@@ -83,6 +83,9 @@ def test_pipeline_runs_every_phase_into_one_folder(pipeline_run):
     assert all(f'href="{ph}/{ph}.html"' in index for ph in P.PHASES)
     storage = open_storage(str(out / "study.journal"), out)
     assert sorted(optuna.get_all_study_names(storage)) == ["demo-focused", "demo-quick"]
+    advice = optuna.load_study(study_name="demo-quick", storage=storage).user_attrs["tunewise.advice"]
+    assert advice["verdict"] == "skip" and "1797 images is under 10K" in advice["reasons"][0]
+    assert "Advice at the start, and what happened" in (out / "postmortem" / "postmortem.html").read_text()
 
 
 def test_quick_and_focused_summaries_count_the_studies(pipeline_run):

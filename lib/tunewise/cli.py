@@ -7,6 +7,8 @@
     tunewise demo [--out DIR]     the pipeline on the built-in digits, a CPU preset
     tunewise tune [--params FILE] [--set ...] [--out DIR]
         run or resume a study through the library alone (no notebook)
+    tunewise advise [--params FILE] [--set ...] [--hours H] [--days-left D] [--tuned-before] ...
+        is tuning worth it here? the seed's verdict, with its reasons
 
 Bad input is one readable message and exit status 2 (add --traceback to see where); a
 failed notebook cell exits 1 with the executed notebook kept; Ctrl-C exits 130.
@@ -46,7 +48,44 @@ def _parser() -> argparse.ArgumentParser:
     _common(sub.add_parser("pipeline", help="quick, focused, validate and post-mortem into one run folder"))
     _common(sub.add_parser("demo", help="the pipeline on the built-in digits (CPU preset)"), with_params=False)
     _common(sub.add_parser("tune", help="run or resume a study through the library (no notebook)"))
+    adv = sub.add_parser("advise", help="is tuning worth it here? the seed's verdict from what is known")
+    _common(adv)
+    adv.add_argument("--baseline", type=float, help="macro-F1 of the default settings (default: from the study, if it ran)")
+    adv.add_argument("--hours", type=float, help="compute time available for tuning (default: the timeout)")
+    adv.add_argument("--days-left", type=float, help="days left in the competition")
+    adv.add_argument("--tuned-before", action="store_true", default=None, help="this model was tuned already")
+    adv.add_argument("--heavy-regularization", action="store_true", default=None,
+                     help="label smoothing, weight decay, dropout and mixup are all high already")
+    adv.add_argument("--experienced", action="store_true", default=None, help="much manual tuning done on this problem")
     return ap
+
+
+def _advise(args, overrides: dict) -> int:
+    """The advice from the data, the parameters, the flags, and the study if it already ran
+    (its baseline and measured noise); nothing is written."""
+    import optuna
+
+    from . import params as P
+    from .advice import advise
+    from .notebook import situation
+    from .storage import open_storage
+    from .tuning import baseline_value
+
+    p = P.resolve(args.params, overrides)
+    known = {"baseline": args.baseline, "days_left": args.days_left, "tuned_before": args.tuned_before,
+             "heavy_regularization": args.heavy_regularization, "experienced": args.experienced}
+    journal = Path(p["run_dir"]) / "study.journal"
+    if p["storage"] or journal.exists():
+        storage = open_storage(p["storage"], p["run_dir"])
+        if p["study_name"] in optuna.get_all_study_names(storage):
+            study = optuna.load_study(study_name=p["study_name"], storage=storage)
+            known["baseline"] = known["baseline"] if known["baseline"] is not None else baseline_value(study)
+            known["noise"] = study.user_attrs.get("tunewise.noise_floor")
+    s = situation(p, **known)
+    if args.hours is not None:
+        s.hours = args.hours
+    print(advise(s).text())
+    return 0
 
 
 def _overrides(args) -> dict:
@@ -84,6 +123,8 @@ def _run(args) -> int:
     from .execute import phase_params, pipeline, run_phase
 
     overrides = _overrides(args)
+    if args.command == "advise":
+        return _advise(args, overrides)
     if args.command == "tune":
         from .tuning import tune
 

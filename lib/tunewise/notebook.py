@@ -19,6 +19,7 @@ from optuna.trial import TrialState
 
 from . import params as P
 from . import postmortem, tuning
+from .advice import Situation, advise
 from .atomic import write_json_atomic
 from .cache import describe
 from .errors import ConfigError, did_you_mean
@@ -33,8 +34,7 @@ from .validate import Validation, noise_std, save_noise, validate_configs, write
 pio.renderers.default = "plotly_mimetype"
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
-# The seed's measured gains from tuning by dataset size (mean macro-F1 change).
-SIZE_BANDS = [(10_000, "10K+ images", "+5.2%"), (5_000, "5-10K images", "+2.1%"), (1_000, "1-5K images", "+0.3%"), (0, "under 1K images", "-0.8%")]
+ADVICE_ATTR = "tunewise.advice"  # the advisor's prediction, recorded when a study starts
 
 
 def resolve(namespace: dict[str, Any]) -> dict[str, Any]:
@@ -65,21 +65,22 @@ def show_params(p: dict[str, Any], keys: list[str] | None = None) -> HTML:
     return table([{"parameter": k, "value": shown[k]} for k in keys], "Parameters")
 
 
+def situation(p: dict[str, Any], **known) -> Situation:
+    """What the advisor knows from the parameters and the data (cached: no re-decode)."""
+    data = tuning.load_images(P.data_spec(p), p["cache_dir"])
+    hours = p["timeout"] / 3600 if p["timeout"] else None
+    return Situation(n_images=len(data), n_classes=data.num_classes, hours=hours, **known)
+
+
 def preflight(p: dict[str, Any]) -> HTML:
-    """What the data says before any trial: size and classes, and what the seed's study
-    measured tuning to be worth at this size."""
+    """What the data says before any trial: size and classes, and the seed's advice."""
     data = tuning.load_images(P.data_spec(p), p["cache_dir"])
     info = describe(data)
-    n = info["n_images"]
-    band, gain = next((b, g) for low, b, g in SIZE_BANDS if n >= low)
     counts = info["class_counts"]
-    note = (
-        f"{n} images in {info['classes']} classes ({min(counts.values())}-{max(counts.values())} per class), "
-        f"{info['img_size']} px, from {info['description']} (loaded from {data.origin}). "
-        f"The seed's study measured an average gain from tuning of {gain} on datasets of {band}"
-        + ("; below 10K images, fixing the data usually pays more than tuning." if n < 10_000 else ".")
-    )
-    return HTML(f"<p><b>Pre-flight.</b> {html.escape(note)}</p>")
+    facts = (f"{info['n_images']} images in {info['classes']} classes ({min(counts.values())}-{max(counts.values())} per class), "
+             f"{info['img_size']} px, from {info['description']} (loaded from {data.origin}).")
+    advice = advise(situation(p))
+    return HTML(f"<p><b>Pre-flight.</b> {html.escape(facts)}</p><p><b>Advice.</b> {html.escape(advice.text())}</p>")
 
 
 def space_editor(p: dict[str, Any]):
@@ -101,6 +102,9 @@ def with_space(p: dict[str, Any], editor) -> dict[str, Any]:
 def search(p: dict[str, Any], *, prep: tuning.Prepared | None = None, baseline: float | None = None) -> dict[str, Any]:
     """Run (or resume) the phase's study; a live chart and progress bar while it runs."""
     prep = prep or tuning.prepare(p)
+    if ADVICE_ATTR not in prep.study.user_attrs:
+        # The prediction, kept so the post-mortem can put it next to what happened.
+        prep.study.set_user_attr(ADVICE_ATTR, advise(situation(p)).to_dict())
     callbacks = []
     if p["interactive"]:
         from .charts import LiveChart
@@ -344,6 +348,26 @@ def show_stops_and_savings(studies: list[optuna.Study]) -> HTML:
         saved = postmortem.pruning_savings(s)
         rows.append({"study": s.study_name, "stopped by": stop["reason"], "why": stop["message"], "pruning": saved["text"]})
     return table(rows, "Why each study stopped, and what pruning saved")
+
+
+def show_advice_vs_outcome(studies: list[optuna.Study]) -> HTML:
+    """What the advisor predicted when each study started, next to what happened."""
+    rows = []
+    for s in studies:
+        a = s.user_attrs.get(ADVICE_ATTR)
+        out = postmortem.summarize_study(s)
+        rel = out["relative_gain"]
+        hours = out["time_h"]
+        rows.append({
+            "study": s.study_name,
+            "advised": f"{a['verdict']} ({a['n_trials']} trials)" if a else "no advice recorded",
+            "expected gain": a["expected_gain"] if a else "",
+            "actual gain": None if rel is None else f"{rel:+.2%}",
+            "trials": out["n_finished"],
+            "time (h)": hours,
+            "gain per hour": None if rel is None or not hours else f"{rel / hours:+.2%}",
+        })
+    return table(rows, "Advice at the start, and what happened")
 
 
 def postmortem_summary(p: dict[str, Any], studies: list[optuna.Study]) -> dict[str, Any]:
