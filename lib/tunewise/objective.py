@@ -11,6 +11,7 @@ Two ways a trial can go wrong without stopping the study:
 from __future__ import annotations
 
 import gc
+from dataclasses import replace
 from typing import Any
 
 import optuna
@@ -54,7 +55,8 @@ class Objective:
         self.train_idx, self.val_idx = train_val_split(data.labels.numpy(), data.classes, val_fraction, split_seed)
         self.base = self.settings({})  # checks the fixed settings before any trial runs
         self._check_space()
-        self._check_model_input(self.base)
+        for model in self._models():
+            self._check_model_input(replace(self.base, model=model))
 
     def settings(self, params: dict[str, Any], where: str = "params") -> TrainConfig:
         """Defaults, overridden by the fixed settings, overridden by `params`; all checked."""
@@ -82,6 +84,12 @@ class Objective:
                 self.settings({**self.space.fixed, name: value}, where="search_space")
         if self.space.fixed:
             self.settings(dict(self.space.fixed), where="search_space")
+
+    def _models(self) -> list[str]:
+        """Every model a trial can build: the fixed one, or each choice when the space
+        searches over architectures."""
+        dist = self.space.distributions.get("model") if self.space is not None else None
+        return list(dist.choices) if dist is not None else [self.base.model]
 
     def _check_model_input(self, cfg: TrainConfig) -> None:
         """Build the model once (fetching pretrained weights now, if asked) and run one
