@@ -85,7 +85,9 @@ def test_pipeline_runs_every_phase_into_one_folder(pipeline_run):
     assert sorted(optuna.get_all_study_names(storage)) == ["demo-focused", "demo-quick"]
     advice = optuna.load_study(study_name="demo-quick", storage=storage).user_attrs["tunewise.advice"]
     assert advice["verdict"] == "skip" and "1797 images is under 10K" in advice["reasons"][0]
-    assert "Advice at the start, and what happened" in (out / "postmortem" / "postmortem.html").read_text()
+    report = (out / "postmortem" / "postmortem.html").read_text()
+    assert "Advice at the start, and what happened" in report
+    assert "Warm starts: how early each reached its source" in report and "<td>demo-focused</td><td>demo-quick</td>" in report
 
 
 def test_quick_and_focused_summaries_count_the_studies(pipeline_run):

@@ -370,6 +370,27 @@ def show_advice_vs_outcome(studies: list[optuna.Study]) -> HTML:
     return table(rows, "Advice at the start, and what happened")
 
 
+def show_warm_starts(studies: list[optuna.Study]) -> HTML:
+    """For each warm-started study: how many trials it needed to reach its source's best,
+    against how many the source needed."""
+    from .warmstart import trials_to_reach
+
+    by_name = {s.study_name: s for s in studies}
+    rows = []
+    for s in studies:
+        lineage = s.user_attrs.get(LINEAGE_ATTR) or {}
+        sources = lineage.get("sources") or ([{"from_study": lineage["from_study"]}] if lineage.get("from_study") else [])
+        for src in sources:
+            cold = by_name.get(src["from_study"])
+            if cold is None or cold is s or not cold.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+                continue
+            target = cold.best_value
+            rows.append({"warm study": s.study_name, "from": cold.study_name, "cold best": target,
+                         "cold needed (trials)": trials_to_reach(cold, target),
+                         "warm reached it after (trials)": trials_to_reach(s, target) or "not reached"})
+    return table(rows, "Warm starts: how early each reached its source's best")
+
+
 def postmortem_summary(p: dict[str, Any], studies: list[optuna.Study]) -> dict[str, Any]:
     rows = postmortem.phase_table(studies)
     best = max((r for r in rows if r["best"] is not None), key=lambda r: r["best"], default=None)

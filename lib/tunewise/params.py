@@ -51,6 +51,7 @@ PHASE_DEFAULTS: dict[str, Any] = {
     "params_out": "final.yaml",  # validate: winning configuration, written in the run folder
     "studies": [],  # postmortem: study names to analyse ([] : every study in the storage)
     "interactive": True,  # widgets and live charts (tunewise run sets false)
+    "warm_start_from": [],  # start from the best trials of these studies ([auto]: same dataset)
 }
 
 DATA_KEYS = [f for f in DataSpec.__dataclass_fields__]
@@ -152,6 +153,8 @@ def check_values(p: dict[str, Any]) -> None:
     need(is_int(p["warm_start_n"]) and p["warm_start_n"] >= 0, "warm_start_n", "an integer >= 0")
     need(is_int(p["folds"]) and (p["folds"] == 0 or p["folds"] >= 2), "folds", "0 (one split per seed) or an integer >= 2")
     need(isinstance(p["studies"], list) and all(isinstance(x, str) for x in p["studies"]), "studies", "a list of study names")
+    need(isinstance(p["warm_start_from"], list) and all(isinstance(x, str) for x in p["warm_start_from"]),
+         "warm_start_from", "a list of study names, or [auto] for the studies on the same dataset")
     for flag in ("baseline", "force", "skip_bad_images", "always_run", "interactive"):
         need(isinstance(p[flag], bool), flag, "true or false")
     if errors:

@@ -23,6 +23,7 @@ from .cache import ImageData, describe, load_images
 from .hparams import TrainConfig
 from .atomic import write_json_atomic
 from .objective import Objective
+from .warmstart import warm_start_from
 from .runner import RunResult, run_trials
 from .samplers import describe_pruner, describe_sampler, make_pruner, make_sampler
 from .space import SearchSpace
@@ -121,8 +122,11 @@ def tune(
     study warm-started from the quick one is measured against the quick baseline)."""
     prep = prep or prepare(p)
     study = prep.study
-    if p["baseline"] and not study.trials:
-        study.enqueue_trial(baseline_params(prep.space, P.train_settings(p)), user_attrs={BASELINE_ATTR: True})
+    if not study.trials:
+        if p["baseline"]:
+            study.enqueue_trial(baseline_params(prep.space, P.train_settings(p)), user_attrs={BASELINE_ATTR: True})
+        if p["warm_start_from"]:
+            warm_start_from(study, prep.space, p["warm_start_from"], p["warm_start_n"])
     clock = StudyClock(study)
     rules = build_stop_rules(p["stop_rules"], elapsed_s=clock.elapsed_s)
     result = run_trials(
