@@ -248,7 +248,8 @@ def test_quick_notebook_in_jupyterlab_widgets_live_chart_progress(chromium, lab,
             n = out.locator(".js-plotly-plot .scatterlayer .trace .points path").count()
             if not points_seen or points_seen[-1] != n:
                 points_seen.append(n)
-            label = out.locator(".widget-html-content", has_text="trials").all_inner_texts()
+            # The label reads "k / n trials, best ..."; skip it while it is still being drawn.
+            label = [t for t in out.locator(".widget-html-content", has_text="trials").all_inner_texts() if " / " in t]
             if label and (not labels_seen or labels_seen[-1] != label[0]):
                 labels_seen.append(label[0])
             prompts = [_prompt(cells, i) for i in range(search_cell, last + 1)]
