@@ -2,35 +2,48 @@
 
 ``run_trials`` works with any ``objective(trial) -> float``. Budgets are study-wide:
 ``n_trials`` counts finished (COMPLETE + PRUNED) trials across all runs and ``timeout``
-counts time across all runs, so a resumed run only does what is left. Around Optuna's
-own loop it adds:
+counts time across all runs, so a resumed run only does what is left. Several workers
+(processes, machines) can run one study at once and still finish exactly ``n_trials``:
+before each trial a worker claims a slot under the study's lock (``storage.slot_lock``),
+counting finished trials and trials running in live workers. Around Optuna's own loop it
+adds:
 
 - recovery of trials left RUNNING by a dead worker (failed, then queued again);
 - ``fail_reason`` on every failed trial (``"ExcType: message"``), the study going on,
   except for SetupError (every trial would fail): it stops the study and is re-raised;
 - Ctrl-C: the running trial ends FAILED (``fail_reason`` "interrupted") and is queued for
   the next run, the clock is flushed, and a RunResult with ``interrupted=True`` is
-  returned so a notebook can show it (the CLI exits 130);
+  returned so a notebook can show it (the CLI exits 130). A Ctrl-C that lands while
+  Optuna is writing the study (creating or telling a trial) takes effect just after;
 - the stop reason, in study user attrs ``tunewise.stop_reason`` / ``tunewise.stop_details``
-  (the same keys stop rules write: a name, and a dict of figures with a ``message``).
+  (the same keys stop rules write: a name, and a dict of figures with a ``message``); a
+  stop rule that fires in one worker stops the others at their next claim;
+- a storage lost mid-study (see storage.py): ``StorageLost`` is raised and nothing more
+  is written; the trial in flight is recovered by the next worker.
 """
 
 from __future__ import annotations
 
+import logging
 import math
+import signal
+import threading
+import time
 from collections.abc import Callable, Iterable
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import optuna
-from optuna.study import MaxTrialsCallback
 from optuna.trial import FrozenTrial, TrialState
 
 from .errors import SetupError
+from .storage import StorageLost, outage_of, slot_lock
 from .study import (
     FAIL_REASON_KEY,
     FINISHED_STATES,
     IDENTITY_KEY,
+    WORKER_KEY,
     StudyClock,
     fail_and_requeue,
     finished_trials,
@@ -44,6 +57,13 @@ STOP_DETAILS_KEY = "tunewise.stop_details"
 PHASE_KEY = "tunewise.phase"
 INTERRUPTED = "interrupted"
 _MAX_REASON_CHARS = 500
+# Reasons the runner records with the trial they happened on; a stop rule records its
+# trial too, under its own name.
+_RUNNER_TRIAL_REASONS = (INTERRUPTED, "error", "setup error")
+WAIT_POLL_S = 0.5  # how often a worker with no slot left checks the trials still running
+WAIT_NOTE_S = 600.0  # how often a long wait for other workers' trials is logged
+
+_log = logging.getLogger(__name__)
 
 Callback = Callable[[optuna.Study, FrozenTrial], None]
 
@@ -88,6 +108,30 @@ def run_trials(
     marked FAILED) when the objective raises one, and re-raises exceptions not in ``catch``.
     Pass ``clock`` when stop rules need its ``elapsed_s`` (it must be this study's and new).
     """
+    sigint = _HeldSigint()
+    sigint.hold()
+    try:
+        result = _run(study, objective, n_trials, timeout, list(callbacks), tuple(catch),
+                      show_progress_bar, clock, sigint)
+    except BaseException:
+        sigint.release()
+        raise
+    if sigint.release():
+        raise KeyboardInterrupt  # it came while the study was being written: now it is safe
+    return result
+
+
+def _run(
+    study: optuna.Study,
+    objective: Callable[[optuna.Trial], float],
+    n_trials: int | None,
+    timeout: float | None,
+    callbacks: list[Callback],
+    catch: tuple[type[Exception], ...],
+    show_progress_bar: bool,
+    clock: StudyClock | None,
+    sigint: _HeldSigint,
+) -> RunResult:
     recover_stale_trials(study)
     clock = clock if clock is not None else StudyClock(study)
     _record_stop(study, None, None)  # a reason left by an earlier run is not this run's
@@ -98,20 +142,21 @@ def run_trials(
         reason, details = _why_stopped(study, clock, n_trials, timeout, attempts, 0)
         return _finish(study, clock, reason, details)
 
-    run = _Run(study, objective)
+    gate = None if n_trials is None else _Gate(study, n_trials, clock, timeout, sigint)
+    run = _Run(study, objective, sigint, claimed=gate.release if gate else None)
     all_callbacks = [clock, *callbacks]  # clock first: stop rules see this trial's time
-    if n_trials is not None:
-        # Optuna's n_trials is per process; this also stops when other workers fill the budget.
-        all_callbacks.append(MaxTrialsCallback(n_trials, states=FINISHED_STATES))
+    if gate is not None:
+        all_callbacks.append(gate)  # last: claims the next trial's slot, or stops the run
     try:
-        study.optimize(
-            run,
-            n_trials=attempts,
-            timeout=time_left,
-            callbacks=all_callbacks,
-            catch=tuple(catch),
-            show_progress_bar=show_progress_bar,
-        )
+        if gate is None or gate.claim():
+            study.optimize(
+                run,
+                n_trials=attempts,
+                timeout=time_left,
+                callbacks=all_callbacks,
+                catch=catch,
+                show_progress_bar=show_progress_bar,
+            )
     except KeyboardInterrupt:
         requeued = _requeue_interrupted(study, run.current)
         details = {"trial": run.current, "requeued": requeued,
@@ -119,10 +164,18 @@ def run_trials(
                    + ("; it is queued for the next run." if requeued else ".")}
         return _finish(study, clock, INTERRUPTED, details, run.started, interrupted=True)
     except BaseException as exc:
+        outage = outage_of(study._storage)
+        if outage is not None and outage.lost is not None:
+            # Whatever surfaced (Optuna may trip over the lost storage while failing the
+            # trial), nothing more can be written: say so plainly.
+            raise StorageLost(outage.lost) from None
         reason = "setup error" if isinstance(exc, SetupError) else "error"
         _finish(study, clock, reason, {"trial": run.current, "message": describe_error(exc)},
                 run.started)
         raise
+    finally:
+        if gate is not None:
+            gate.release()
     if run.setup_error is not None:
         details = {"trial": run.current, "message": describe_error(run.setup_error)}
         _finish(study, clock, "setup error", details, run.started)
@@ -144,11 +197,152 @@ def describe_error(exc: BaseException) -> str:
     return line[:_MAX_REASON_CHARS]
 
 
+class _HeldSigint:
+    """Ctrl-C held back while the study is being written, acted on in safe ``window``s.
+
+    A KeyboardInterrupt in the middle of Optuna's bookkeeping (creating a trial, telling
+    its result, a journal append) can leave a trial RUNNING that nobody runs, or crash
+    Optuna's loop; so during a run SIGINT only takes effect inside the objective and
+    while a worker waits for a slot. Only in the main thread, and only over Python's
+    default handler (a notebook kernel or an application with its own is left alone).
+    """
+
+    def __init__(self) -> None:
+        self._default = None
+        self._pending = False
+
+    def hold(self) -> None:
+        if (threading.current_thread() is threading.main_thread()
+                and signal.getsignal(signal.SIGINT) is signal.default_int_handler):
+            self._default = signal.signal(signal.SIGINT, self._note)
+
+    def _note(self, signum, frame) -> None:
+        self._pending = True
+
+    @contextmanager
+    def window(self):
+        """Ctrl-C acts at once in here (one held back meanwhile is raised on entry)."""
+        if self._default is None:
+            yield
+            return
+        signal.signal(signal.SIGINT, self._default)
+        try:
+            if self._pending:
+                self._pending = False
+                raise KeyboardInterrupt
+            yield
+        finally:
+            signal.signal(signal.SIGINT, self._note)
+
+    def release(self) -> bool:
+        """Restore the default handler; True if a Ctrl-C is still held back."""
+        if self._default is not None:
+            signal.signal(signal.SIGINT, self._default)
+            self._default = None
+        pending, self._pending = self._pending, False
+        return pending
+
+
+class _Gate:
+    """Claims one of the study's ``n_trials`` slots before each trial, across all workers.
+
+    Under the study's slot lock it fails and requeues the trials of dead workers, then
+    counts the finished trials and the trials running in live workers. If there is room it
+    keeps the lock until this worker's next trial exists and names its worker (``release``,
+    called by the objective), so no two workers take the last slot. If the trials running
+    elsewhere would fill the budget it waits for them: one may still fail, or its worker
+    die, and leave a slot. No claim once a stop rule fired in any worker or time is up.
+    """
+
+    def __init__(self, study: optuna.Study, n_trials: int, clock: StudyClock,
+                 timeout: float | None, sigint: _HeldSigint) -> None:
+        self._study = study
+        self._n_trials = n_trials
+        self._clock = clock
+        self._timeout = timeout
+        self._sigint = sigint
+        self._lock = slot_lock(study)
+        self._held = False
+        self._waiting_since: float | None = None
+
+    def claim(self) -> bool:
+        """True with the lock held (a slot is free), False when this worker should stop."""
+        with self._sigint.window():
+            pass  # a Ctrl-C during the last trial's bookkeeping stops here, between trials
+        while not self._rule_stopped() and not self._timed_out():
+            self._lock.acquire()
+            self._held = True
+            try:
+                recover_stale_trials(self._study)
+                finished, running = _slots_taken(self._study)
+            except BaseException:
+                self.release()
+                raise
+            if finished + running < self._n_trials:
+                self._waiting_since = None
+                return True
+            self.release()
+            if finished >= self._n_trials:
+                return False
+            self._note_wait(running)
+            with self._sigint.window():
+                time.sleep(WAIT_POLL_S)
+        return False
+
+    def release(self) -> None:
+        if self._held:
+            self._held = False
+            self._lock.release()
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        if not self.claim():
+            study.stop()
+
+    def _note_wait(self, running: int) -> None:
+        now = time.monotonic()
+        if self._waiting_since is None:
+            self._waiting_since = self._last_note = now
+            _log.info("%d trial(s) running in other workers would fill the budget: waiting for "
+                      "them (one may fail and leave a slot)", running)
+        elif now - self._last_note >= WAIT_NOTE_S:
+            self._last_note = now
+            _log.warning("still waiting after %.0f min for %d trial(s) running in other workers; "
+                         "a worker on another machine that died is only noticed by the heartbeat "
+                         "of a database storage", (now - self._waiting_since) / 60, running)
+
+    def _timed_out(self) -> bool:
+        return self._timeout is not None and self._clock.elapsed_s() >= self._timeout
+
+    def _rule_stopped(self) -> bool:
+        attrs = self._study.user_attrs
+        reason, details = attrs.get(STOP_REASON_KEY), attrs.get(STOP_DETAILS_KEY)
+        return (bool(reason) and reason not in _RUNNER_TRIAL_REASONS
+                and isinstance(details, dict) and "trial" in details)
+
+
+def _slots_taken(study: optuna.Study) -> tuple[int, int]:
+    """(finished trials, trials running in a worker that claimed them)."""
+    states = (*FINISHED_STATES, TrialState.RUNNING)
+    finished = running = 0
+    for t in study.get_trials(deepcopy=False, states=states):
+        if t.state != TrialState.RUNNING:
+            finished += 1
+        else:
+            worker = t.user_attrs.get(WORKER_KEY)
+            # A RUNNING trial no worker claimed was left by a process that died between
+            # creating it and starting it (or by plain Optuna): it holds no slot.
+            running += isinstance(worker, dict) and worker.get("trial") == t.number
+    return finished, running
+
+
 class _Run:
     """The objective as this run calls it: records the worker, the phase and why it failed."""
 
-    def __init__(self, study: optuna.Study, objective: Callable[[optuna.Trial], float]) -> None:
+    def __init__(self, study: optuna.Study, objective: Callable[[optuna.Trial], float],
+                 sigint: _HeldSigint, claimed: Callable[[], None] | None = None) -> None:
         self._objective = objective
+        self._sigint = sigint
+        self._claimed = claimed
         self._phase = (study.user_attrs.get(IDENTITY_KEY) or {}).get("phase")
         self.started = 0
         self.current: int | None = None
@@ -157,16 +351,21 @@ class _Run:
     def __call__(self, trial: optuna.Trial) -> float:
         self.current = trial.number
         self.started += 1
-        record_worker(trial)
-        if self._phase:
-            trial.set_user_attr(PHASE_KEY, self._phase)
         try:
-            value = self._objective(trial)
+            record_worker(trial)
+            if self._claimed is not None:
+                self._claimed()  # the trial is ours and says so: the next claim may count it
+            if self._phase:
+                trial.set_user_attr(PHASE_KEY, self._phase)
+            with self._sigint.window():
+                value = self._objective(trial)
         except optuna.TrialPruned:
             raise
         except KeyboardInterrupt:
             trial.set_user_attr(FAIL_REASON_KEY, INTERRUPTED)
             raise
+        except StorageLost:
+            raise  # nothing can be recorded; run_trials says what happened
         except SetupError as exc:
             self.setup_error = exc
             trial.set_user_attr(FAIL_REASON_KEY, describe_error(exc))

@@ -6,6 +6,17 @@
   ``.journal`` or ``.log`` is a journal file too.
 - ``sqlite:///``, ``postgresql://``, ``mysql://`` (optionally ``+driver``): an RDB storage
   with a heartbeat, so a killed worker's trial is failed and retried (up to 3 times).
+  PostgreSQL is the tested server for several machines (``pip install 'psycopg[binary]'``).
+
+Outages: a call that fails for want of a connection is retried with backoff for up to
+``retry_s`` (``$TUNEWISE_RETRY_S``, default 20 s); if the server is still gone, the storage
+is declared lost (``StorageLost``, one line) and every later call fails at once, so the
+worker stops without writing half of anything. Finished trials are already committed; the
+trial in flight stays RUNNING and is failed and queued again by the next worker.
+
+Several workers share a study's ``n_trials`` exactly: ``slot_lock(study)`` is the lock a
+worker holds while it counts the trials finished and running and claims the next one (a
+lock file next to a journal or SQLite file, a PostgreSQL advisory lock, a MySQL named lock).
 
 Credentials stay out of notebooks and logs: ``${VAR}`` in a URL is read from the
 environment, ``TUNEWISE_STORAGE`` supplies the whole URL when none is given, and every
@@ -14,8 +25,14 @@ message shows ``redact(url)``.
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import logging
 import os
+import random
 import re
+import threading
+import time
 import warnings
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -28,6 +45,7 @@ from optuna.storages.journal import JournalFileBackend
 from .errors import ConfigError, SetupError, did_you_mean
 
 ENV_VAR = "TUNEWISE_STORAGE"
+RETRY_ENV_VAR = "TUNEWISE_RETRY_S"
 JOURNAL_NAME = "study.journal"
 JOURNAL_SUFFIXES = (".journal", ".log")
 RDB_SCHEMES = ("sqlite", "postgresql", "mysql")
@@ -37,6 +55,14 @@ HEARTBEAT_INTERVAL_S = 60
 GRACE_PERIOD_S = 120
 MAX_RETRY = 3
 CONNECT_TIMEOUT_S = 5
+RETRY_S = 20.0  # how long a lost connection is retried before the storage is declared lost
+FIRST_BACKOFF_S = 0.5  # then doubling, up to MAX_BACKOFF_S
+MAX_BACKOFF_S = 8.0
+LOCK_SUFFIX = ".slots.lock"
+_SCHEMA_TRIES = 5
+_LOCK_POLL_S = 0.01
+
+_log = logging.getLogger(__name__)
 
 # pip package for a missing DB driver module (ModuleNotFoundError.name -> what to install).
 _DRIVER_PACKAGES = {
@@ -48,11 +74,24 @@ _DRIVER_PACKAGES = {
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
-def open_storage(url: str | None, run_dir: str | Path) -> BaseStorage:
+class StorageLost(SetupError):
+    """The storage went away mid-study and did not come back within the retry window."""
+
+
+def open_storage(
+    url: str | None,
+    run_dir: str | Path,
+    *,
+    retry_s: float | None = None,
+    heartbeat_s: int = HEARTBEAT_INTERVAL_S,
+    grace_s: int = GRACE_PERIOD_S,
+) -> BaseStorage:
     """The storage for ``url`` (None/"" -> $TUNEWISE_STORAGE -> the run's journal file).
 
     Raises ConfigError for a URL tunewise does not accept and SetupError (one line, URL
-    redacted) when the storage cannot be opened or reached.
+    redacted) when the storage cannot be opened or reached: at once, never retried. On an
+    RDB storage, later calls ride out an outage of up to ``retry_s`` seconds (default
+    $TUNEWISE_RETRY_S or RETRY_S); ``heartbeat_s``/``grace_s`` set Optuna's heartbeat.
     """
     url = expand_env(url or os.environ.get(ENV_VAR) or "")
     if not url:
@@ -68,7 +107,22 @@ def open_storage(url: str | None, run_dir: str | Path) -> BaseStorage:
             f"storage scheme {scheme!r} is not supported{did_you_mean(scheme, RDB_SCHEMES)}. "
             + _allowed()
         )
-    return _rdb(url, scheme)
+    return _rdb(url, scheme, _retry_s(retry_s), heartbeat_s, grace_s)
+
+
+def _retry_s(retry_s: float | None) -> float:
+    if retry_s is not None:
+        return float(retry_s)
+    raw = os.environ.get(RETRY_ENV_VAR)
+    if not raw:
+        return RETRY_S
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if value < 0:
+        raise ConfigError(f"{RETRY_ENV_VAR}={raw!r} is not allowed; allowed: seconds >= 0")
+    return value
 
 
 def expand_env(url: str) -> str:
@@ -112,29 +166,44 @@ def _journal(path: Path) -> JournalStorage:
         raise SetupError(f"cannot open journal storage {path}: {exc.strerror or exc}") from None
 
 
-def _rdb(url: str, scheme: str) -> RDBStorage:
+def _rdb(url: str, scheme: str, retry_s: float, heartbeat_s: int, grace_s: int) -> RDBStorage:
     _check_driver(url)
-    engine_kwargs = {}
+    engine_kwargs: dict = {}
     if scheme != "sqlite":
         # Without this, an unreachable server hangs for the OS TCP timeout (minutes).
         engine_kwargs["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT_S}
-    try:
-        if scheme == "sqlite":
-            _make_sqlite_parent(url)
-        with warnings.catch_warnings():
-            # Heartbeat and its retry callback are flagged experimental; we rely on them.
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return RDBStorage(
-                url,
-                engine_kwargs=engine_kwargs,
-                heartbeat_interval=HEARTBEAT_INTERVAL_S,
-                grace_period=GRACE_PERIOD_S,
-                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
-                    max_retry=MAX_RETRY
-                ),
-            )
-    except Exception as exc:  # any driver/DB error: one clear line instead of a traceback
-        raise SetupError(f"cannot open storage {redact(url)}: {_one_line(exc, url)}") from None
+        # A pooled connection that died with a restarted server is replaced, not used.
+        engine_kwargs["pool_pre_ping"] = True
+    for attempt in range(1, _SCHEMA_TRIES + 1):
+        try:
+            if scheme == "sqlite":
+                _make_sqlite_parent(url)
+            with warnings.catch_warnings():
+                # Heartbeat and its retry callback are flagged experimental; we rely on them.
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return _RetryingRDBStorage(
+                    url,
+                    retry_s,
+                    engine_kwargs=engine_kwargs,
+                    heartbeat_interval=heartbeat_s,
+                    grace_period=grace_s,
+                    heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
+                        max_retry=MAX_RETRY
+                    ),
+                )
+        except Exception as exc:  # any driver/DB error: one clear line instead of a traceback
+            if attempt < _SCHEMA_TRIES and _is_schema_race(exc):
+                # Workers opening a new database at once race to create Optuna's tables:
+                # the loser finds them made and tries again.
+                time.sleep(0.1 + 0.4 * random.random())
+                continue
+            raise SetupError(f"cannot open storage {redact(url)}: {_one_line(exc, url)}") from None
+    raise AssertionError("not reached")
+
+
+def _is_schema_race(exc: BaseException) -> bool:
+    text = str(getattr(exc, "orig", None) or exc).lower()
+    return isinstance(exc, sqlalchemy.exc.IntegrityError) or "already exists" in text or "duplicate key" in text
 
 
 def _check_driver(url: str) -> None:
@@ -166,3 +235,261 @@ def _one_line(exc: BaseException, url: str) -> str:
     password = urlsplit(url).password
     # Drivers rarely echo the password; masking a very short one would garble the text.
     return text.replace(password, "***") if password and len(password) >= 4 else text
+
+
+# --- outages -------------------------------------------------------------------------------
+
+
+def is_connection_error(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what caused it) says the database could not be reached."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, sqlalchemy.exc.DBAPIError) and exc.connection_invalidated:
+            return True
+        if isinstance(exc, (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError,
+                            sqlalchemy.exc.DisconnectionError, sqlalchemy.exc.TimeoutError)):
+            return True
+        if type(exc).__name__ in ("OperationalError", "InterfaceError"):  # the driver's own
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+class _Outage:
+    """Retries one storage's calls through a short outage; after ``retry_s`` without a
+    connection the storage is lost for good, and every later call fails at once."""
+
+    def __init__(self, url: str, retry_s: float) -> None:
+        self.url = url
+        self.retry_s = retry_s
+        self.lost: str | None = None
+        self._local = threading.local()
+
+    def call(self, name: str, fn, *args, **kwargs):
+        if self.lost is not None:
+            raise StorageLost(self.lost)
+        if getattr(self._local, "busy", False):  # a call within a call: the outer one retries
+            return fn(*args, **kwargs)
+        self._local.busy = True
+        try:
+            return self._retrying(name, fn, args, kwargs)
+        finally:
+            self._local.busy = False
+
+    def _retrying(self, name: str, fn, args, kwargs):
+        deadline = time.monotonic() + self.retry_s
+        delay, tries = FIRST_BACKOFF_S, 0
+        while True:
+            try:
+                result = fn(*args, **kwargs)
+            except Exception as exc:
+                if not is_connection_error(exc):
+                    raise
+                tries += 1
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    self.lost = (
+                        f"lost the storage {redact(self.url)} ({_one_line(exc, self.url)}); "
+                        f"retried {tries - 1} times over {self.retry_s:g} s. Finished trials are "
+                        "safe in it; a trial left running is failed and queued again by the next "
+                        "worker once the storage is back"
+                    )
+                    raise StorageLost(self.lost) from None
+                _log.warning("storage %s unreachable during %s (%s): retrying in %.1f s",
+                             redact(self.url), name, _one_line(exc, self.url), min(delay, left))
+                time.sleep(min(delay, left))
+                delay = min(2 * delay, MAX_BACKOFF_S)
+                continue
+            if tries:
+                _log.warning("storage %s reachable again after %d retries", redact(self.url), tries)
+            return result
+
+
+def _retried(name: str):
+    method = getattr(RDBStorage, name)
+
+    @functools.wraps(method)
+    def call(self, *args, **kwargs):
+        return self._outage.call(name, method, self, *args, **kwargs)
+
+    return call
+
+
+class _RetryingRDBStorage(RDBStorage):
+    """RDBStorage whose calls ride out a short outage (see ``_Outage``)."""
+
+    def __init__(self, url: str, retry_s: float, **kwargs) -> None:
+        self._outage = _Outage(url, retry_s)
+        super().__init__(url, **kwargs)
+
+    def set_trial_state_values(self, trial_id, state, values=None) -> bool:
+        attempts = 0
+
+        def attempt() -> bool:
+            nonlocal attempts
+            attempts += 1
+            try:
+                return RDBStorage.set_trial_state_values(self, trial_id, state, values)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                # A retry after a commit whose answer was lost finds its own write done.
+                if attempts > 1 and RDBStorage.get_trial(self, trial_id).state == state:
+                    return True
+                raise
+
+        return self._outage.call("set_trial_state_values", attempt)
+
+    def record_heartbeat(self, trial_id: int) -> None:
+        # Runs in Optuna's heartbeat thread, which has nobody to tell: the worker's own
+        # next call reports a lost storage.
+        try:
+            self._outage.call("record_heartbeat", RDBStorage.record_heartbeat, self, trial_id)
+        except StorageLost:
+            pass
+
+
+_RETRIED = (
+    "create_new_study", "delete_study", "set_study_user_attr", "set_study_system_attr",
+    "get_study_id_from_name", "get_study_name_from_id", "get_study_directions",
+    "get_study_user_attrs", "get_study_system_attrs", "get_all_studies", "create_new_trial",
+    "set_trial_param", "get_trial_id_from_study_id_trial_number", "get_trial_number_from_id",
+    "get_trial_param", "get_trial_params", "set_trial_intermediate_value", "set_trial_user_attr",
+    "set_trial_system_attr", "get_trial", "get_trial_user_attrs", "get_trial_system_attrs",
+    "get_all_trials", "get_n_trials", "get_best_trial", "_get_stale_trial_ids",
+    # What Optuna's _CachedStorage (which wraps every RDBStorage a study uses) calls:
+    "_create_new_trial", "_set_trial_param", "_get_trials", "_get_best_trial_id",
+)
+for _name in _RETRIED:
+    setattr(_RetryingRDBStorage, _name, _retried(_name))
+
+
+def outage_of(storage: BaseStorage) -> _Outage | None:
+    """The outage policy behind a study's storage (None: a journal file, or not tunewise's)."""
+    backend = getattr(storage, "_backend", storage)
+    return getattr(backend, "_outage", None)
+
+
+# --- one lock per study, for claiming trials ----------------------------------------------
+
+
+class _FileLock:
+    """An exclusive lock on a file, released by the kernel if the process dies."""
+
+    def __init__(self, path: str) -> None:
+        self._path = path
+        self._fd: int | None = None
+        self._fallback = None
+
+    def acquire(self) -> None:
+        try:
+            import fcntl
+        except ImportError:  # not POSIX: Optuna's own lock file (stale after 30 s)
+            from optuna.storages.journal import JournalFileOpenLock
+
+            self._fallback = self._fallback or JournalFileOpenLock(self._path)
+            self._fallback.acquire()
+            return
+        if self._fd is None:
+            self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o666)
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+
+    def release(self) -> None:
+        if self._fallback is not None:
+            self._fallback.release()
+            return
+        import fcntl
+
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+
+class _ServerLock:
+    """A named lock held by one database session: PostgreSQL advisory lock or MySQL
+    GET_LOCK. The server drops it when the session ends, so a killed worker never keeps it."""
+
+    _SQL = {
+        "postgresql": ("SELECT pg_try_advisory_lock(:key)", "SELECT pg_advisory_unlock(:key)"),
+        "mysql": ("SELECT GET_LOCK(:key, 0)", "SELECT RELEASE_LOCK(:key)"),
+    }
+
+    def __init__(self, engine, dialect: str, key, outage: _Outage | None) -> None:
+        self._engine = engine
+        self._try, self._unlock = (sqlalchemy.text(q) for q in self._SQL[dialect])
+        self._key = key
+        self._outage = outage
+        self._conn = None
+
+    def acquire(self) -> None:
+        if self._outage is None:
+            self._acquire()
+        else:
+            self._outage.call("slot lock", self._acquire)
+
+    def _acquire(self) -> None:
+        conn = self._engine.connect()
+        try:
+            while not conn.execute(self._try, {"key": self._key}).scalar():
+                conn.commit()
+                time.sleep(_LOCK_POLL_S)
+            conn.commit()
+        except BaseException:
+            conn.invalidate()  # whatever it held goes with the session
+            conn.close()
+            raise
+        self._conn = conn
+
+    def release(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        try:
+            conn.execute(self._unlock, {"key": self._key})
+            conn.commit()
+        except Exception:
+            conn.invalidate()  # the session ends, and its lock with it
+        finally:
+            conn.close()
+
+
+class _NoLock:
+    def acquire(self) -> None:
+        pass
+
+    def release(self) -> None:
+        pass
+
+
+def slot_lock(study: optuna.Study):
+    """The lock several workers of ``study`` hold, one at a time, to claim their next trial.
+
+    ``acquire()`` blocks; ``release()``. Storages tunewise does not open (in-memory, a
+    custom one) get a no-op lock: one process, nothing to coordinate.
+    """
+    storage = study._storage
+    backend = getattr(storage, "_backend", None)
+    if isinstance(storage, JournalStorage) and isinstance(backend, JournalFileBackend):
+        return _FileLock(backend._file_path + LOCK_SUFFIX)
+    if isinstance(backend, RDBStorage):
+        dialect = backend.engine.dialect.name
+        if dialect == "sqlite":
+            database = backend.engine.url.database
+            if not database or database == ":memory:" or database.startswith("file:"):
+                return _NoLock()
+            return _FileLock(str(Path(database).expanduser()) + LOCK_SUFFIX)
+        name = f"tunewise:{study.study_name}"
+        if dialect == "postgresql":
+            key = int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "big", signed=True)
+            return _ServerLock(backend.engine, dialect, key, outage_of(storage))
+        if dialect == "mysql":
+            return _ServerLock(backend.engine, dialect, name[:64], outage_of(storage))
+    return _NoLock()
+
+
+def location(storage: BaseStorage) -> str:
+    """Where ``storage`` keeps its studies, safe to show and record: a journal file's
+    absolute path or a redacted URL."""
+    backend = getattr(storage, "_backend", None)
+    if isinstance(backend, JournalFileBackend):
+        return str(Path(backend._file_path).resolve())
+    if isinstance(backend, RDBStorage):
+        return redact(backend.url)
+    return type(storage).__name__

@@ -6,10 +6,13 @@
   every change is appended to ``tunewise.identity_history``.
 - Budget: ``finished_trials`` counts COMPLETE + PRUNED trials across every run;
   ``StudyClock`` keeps the time spent across runs in ``tunewise.elapsed_s``.
-- Crash recovery: each trial records its worker (host, pid, process start) in
-  ``tunewise.worker``; ``recover_stale_trials`` fails the RUNNING trials whose worker on
+- Crash recovery: each trial records its worker (host, pid namespace, pid, process start)
+  in ``tunewise.worker``; ``recover_stale_trials`` fails the RUNNING trials whose worker on
   this host is gone and queues their parameters again. RDB storages also use Optuna's
   heartbeat (see storage.py).
+- Parameters: ``record_params`` keeps the run parameters a study was prepared with
+  (``tunewise.params``, the storage URL left out), so a worker on another machine can join
+  the study knowing only its name and storage.
 """
 
 from __future__ import annotations
@@ -39,6 +42,10 @@ RETRY_OF_KEY = "tunewise.retry_of"
 RETRIES_KEY = "tunewise.retries"
 FAIL_REASON_KEY = "fail_reason"
 WORKER_DIED = "worker died"
+PARAMS_KEY = "tunewise.params"
+# Never recorded in the study: the storage URL may hold a password, and where the study
+# lives is what a joining worker is told, not what it reads.
+UNRECORDED_PARAMS = ("storage",)
 
 # Resuming with any of these changed mixes incomparable trials: refused unless forced.
 GUARDED_FIELDS = ("space_fingerprint", "data_fingerprint", "model", "metric", "direction")
@@ -195,6 +202,26 @@ class StudyClock:
         self.flush()
 
 
+def record_params(study: optuna.Study, p: dict[str, Any]) -> None:
+    """Store the run parameters ``p`` (minus UNRECORDED_PARAMS) in the study, if changed."""
+    kept = {k: v for k, v in p.items() if k not in UNRECORDED_PARAMS}
+    recorded = json.loads(json.dumps(kept, default=str))  # as the storage will give it back
+    if study.user_attrs.get(PARAMS_KEY) != recorded:
+        study.set_user_attr(PARAMS_KEY, recorded)
+
+
+def recorded_params(study: optuna.Study) -> dict[str, Any]:
+    """The parameters ``record_params`` stored; ConfigError if the study has none."""
+    recorded = study.user_attrs.get(PARAMS_KEY)
+    if not isinstance(recorded, dict):
+        raise ConfigError(
+            f"study {study.study_name!r} has no recorded parameters ({PARAMS_KEY}): it was not "
+            "prepared by this version of tunewise; start it with `tunewise run` or "
+            "`tunewise tune` first, then join it"
+        )
+    return dict(recorded)
+
+
 def record_worker(trial: optuna.Trial) -> None:
     """Record who runs ``trial``, in one write so a kill cannot leave half a record.
 
@@ -204,8 +231,8 @@ def record_worker(trial: optuna.Trial) -> None:
     pid = os.getpid()
     trial.set_user_attr(
         WORKER_KEY,
-        {"host": socket.gethostname(), "pid": pid, "started": _process_stamp(pid),
-         "trial": trial.number},
+        {"host": socket.gethostname(), "pidns": _pid_namespace(), "pid": pid,
+         "started": _process_stamp(pid), "trial": trial.number},
     )
 
 
@@ -272,8 +299,18 @@ def _worker_is_dead(trial: FrozenTrial) -> bool:
         return False  # not claimed yet, or a record copied from an earlier trial
     if worker.get("host") != socket.gethostname():
         return False  # cannot check another machine's processes
+    if worker.get("pidns", _pid_namespace()) != _pid_namespace():
+        return False  # another container on this host: its pids are not ours to see
     stamp = _process_stamp(int(worker["pid"]))
     return stamp is None or stamp != worker.get("started")
+
+
+def _pid_namespace() -> str | None:
+    """Which pid namespace this process lives in (containers sharing a hostname differ)."""
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return None
 
 
 def _process_stamp(pid: int) -> str | None:
