@@ -46,3 +46,23 @@ def test_every_model_choice_is_checked_up_front(digits):
     # test_resnet takes 8 px, test_convnext (a /32 network) cannot: found before any trial
     with pytest.raises(ConfigError, match=r"img_size: model 'test_convnext' cannot take 8-px images"):
         Objective(tiny, SearchSpace.from_dict({"model": {"type": "categorical", "choices": ["test_resnet", "test_convnext"]}}), {"epochs": 1})
+
+
+def test_three_architectures_end_to_end_through_tune(tmp_path):
+    """The issue's space: model over three timm families, drop_path only for convnext."""
+    from tunewise import params as P
+    from tunewise.storage import open_storage
+    from tunewise.tuning import prepare, tune
+
+    space = {"model": {"type": "categorical", "choices": ["test_convnext", "test_resnet", "test_vit"]},
+             "drop_path": {"type": "float", "low": 0.0, "high": 0.2, "when": {"model": ["test_convnext"]}}}
+    p = P.resolve(overrides={"run_dir": str(tmp_path), "study_name": "arch", "n_trials": 3, "epochs": 1, "batch_size": 64,
+                             "hflip": False, "pruner": "none", "baseline": False, "search_space": space})
+    prep = prepare(p)
+    for params in ({"model": "test_convnext", "drop_path": 0.1}, {"model": "test_resnet"}, {"model": "test_vit"}):
+        prep.study.enqueue_trial(params)
+    summary = tune(p, prep=prep)
+    study = optuna.load_study(study_name="arch", storage=open_storage(None, tmp_path))
+    assert summary["n_finished"] == 3 and summary["trials"]["complete"] == 3
+    assert [t.params for t in study.trials] == [{"model": "test_convnext", "drop_path": 0.1}, {"model": "test_resnet"}, {"model": "test_vit"}]
+    assert study.user_attrs["tunewise.identity"]["model"] == "search"

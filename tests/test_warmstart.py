@@ -53,3 +53,29 @@ def test_trials_to_reach_counts_finished_trials():
     for v in (0.5, 0.7, 0.9):
         study.add_trial(optuna.trial.create_trial(value=v))
     assert trials_to_reach(study, 0.7) == 2 and trials_to_reach(study, 0.95) is None
+
+
+def test_sources_by_dataset_by_model_family_and_by_name():
+    from tunewise.warmstart import model_family, source_studies, study_families
+
+    assert model_family("convnext_tiny") == model_family("test_convnext") == "convnext"
+    assert model_family("vit_small_patch16_224.augreg_in21k") == "vision_transformer"
+    storage = optuna.storages.InMemoryStorage()
+
+    def make(name, data, model, choices=None):
+        s = optuna.create_study(study_name=name, storage=storage, direction="maximize")
+        s.set_user_attr("tunewise.identity", {"data_fingerprint": data, "model": model})
+        if choices:
+            s.set_user_attr("tunewise.search_space", {"model": {"type": "categorical", "choices": choices}})
+        return s
+
+    make("same-data", "A", "test_resnet")
+    make("convnext-elsewhere", "B", "convnext_tiny")
+    make("searched-archs", "C", "search", ["test_vit", "test_convnext"])
+    make("unrelated", "D", "test_resnet")
+    new = make("new", "A", "test_convnext")
+    assert study_families(new) == {"convnext"}
+    names = lambda sel: [s.study_name for s in source_studies(new, sel)]  # noqa: E731
+    assert names(["auto"]) == ["same-data"]
+    assert names(["family"]) == ["convnext-elsewhere", "searched-archs"]
+    assert names(["unrelated", "auto"]) == ["unrelated", "same-data"]

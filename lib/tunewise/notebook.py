@@ -18,6 +18,7 @@ from IPython.display import HTML, display
 from optuna.trial import TrialState
 
 from . import params as P
+from . import objectives as MO
 from . import postmortem, tuning
 from .advice import Situation, advise
 from .atomic import write_json_atomic
@@ -106,7 +107,10 @@ def search(p: dict[str, Any], *, prep: tuning.Prepared | None = None, baseline: 
         # The prediction, kept so the post-mortem can put it next to what happened.
         prep.study.set_user_attr(ADVICE_ATTR, advise(situation(p)).to_dict())
     callbacks = []
-    if p["interactive"]:
+    if p["interactive"] and MO.is_multi(p):
+        display(HTML("<p><i>Multi-objective search: no live chart (it draws one score per trial); "
+                     "the Pareto front is drawn when the search ends.</i></p>"))
+    elif p["interactive"]:
         from .charts import LiveChart
 
         live = LiveChart(p["n_trials"], title=f"{p['study_name']}: macro-F1 per trial")
@@ -142,6 +146,10 @@ def load_study(p: dict[str, Any], name: str) -> optuna.Study:
 
 def verdict(study: optuna.Study, p: dict[str, Any]) -> HTML:
     """The seed's question between phases, answered from the study."""
+    if MO.is_multi_study(study):
+        return HTML("<p><b>No gate for a multi-objective study.</b> The seed's rule compares one best score with the "
+                    "baseline; here every point of the Pareto front trades macro-F1 for speed or size. Pick one "
+                    "(<code>best_under</code>) and validate it.</p>")
     v = should_continue_optimization(study, tuning.baseline_value(study), p["min_relative_gain"])
     word = "Worth another phase" if v.go else "Not worth another phase"
     return HTML(f"<p><b>{word}.</b> {html.escape(v.reason)}</p>")
@@ -151,6 +159,10 @@ def final_charts(study: optuna.Study) -> None:
     """Static charts at the end of a phase (in every run, headless or not)."""
     from . import charts
 
+    if MO.is_multi_study(study):
+        MO.pareto_figure(study).show()
+        display(table(MO.pareto_rows(study), f"Pareto front of {study.study_name}"))
+        return
     charts.history(study).show()
     charts.importances(study).show()
 
@@ -181,6 +193,11 @@ def study_space(study: optuna.Study, p: dict[str, Any]) -> SearchSpace:
 
 def focus(p: dict[str, Any]) -> Focus:
     source = load_study(p, p["source_study"] or "quick")
+    if MO.is_multi_study(source):
+        raise ConfigError(
+            f"source_study: {source.study_name} is multi-objective: the focused phase narrows around one best value; "
+            "allowed: a single-objective study (objectives: [f1]), or pick a point of the front with best_under and validate it"
+        )
     v = should_continue_optimization(source, tuning.baseline_value(source), p["min_relative_gain"])
     go = v.go or p["always_run"]
     narrowed = None
@@ -252,7 +269,7 @@ def validation_source(p: dict[str, Any]) -> optuna.Study:
         ends = [t.datetime_complete for t in s.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
         return max(ends) if ends else None
 
-    candidates = [(last_complete(s), s) for s in _studies(p)]
+    candidates = [(last_complete(s), s) for s in _studies(p) if not MO.is_multi_study(s)]
     candidates = [(end, s) for end, s in candidates if end is not None]
     if not candidates:
         raise ConfigError(f"source_study: no study with complete trials in {tuning.storage_label(p)}; run the quick phase first")
@@ -330,11 +347,34 @@ def record_validation(p: dict[str, Any], source: optuna.Study, v: Validation, co
 
 # ---- post-mortem ------------------------------------------------------------------------
 
-def postmortem_studies(p: dict[str, Any]) -> list[optuna.Study]:
+def _all_postmortem_studies(p: dict[str, Any]) -> list[optuna.Study]:
     studies = [load_study(p, n) for n in p["studies"]] if p["studies"] else _studies(p)
     if not studies:
         raise ConfigError(f"studies: no study in {tuning.storage_label(p)}; allowed: names of studies there")
     return studies
+
+
+def postmortem_studies(p: dict[str, Any]) -> list[optuna.Study]:
+    """The single-objective studies (one best value each: what the charts and tables
+    below read); the multi-objective ones are in `pareto_studies`."""
+    return [s for s in _all_postmortem_studies(p) if not MO.is_multi_study(s)]
+
+
+def pareto_studies(p: dict[str, Any]) -> list[optuna.Study]:
+    return [s for s in _all_postmortem_studies(p) if MO.is_multi_study(s)]
+
+
+def show_pareto(studies: list[optuna.Study], p: dict[str, Any]) -> None:
+    """Each multi-objective study's Pareto front (figure and table) and the best macro-F1
+    within `max_latency_ms` / `max_params`."""
+    if not studies:
+        display(HTML("<p><i>No multi-objective study here (set <code>objectives: [f1, latency_ms, params]</code> "
+                     "to search for one).</i></p>"))
+        return
+    for s in studies:
+        MO.pareto_figure(s).show()
+        display(table(MO.pareto_rows(s), f"Pareto front of {s.study_name}"))
+        display(HTML(f"<p><b>{html.escape(MO.answer(s, p['max_latency_ms'] or None, p['max_params'] or None))}</b></p>"))
 
 
 def show_phase_table(studies: list[optuna.Study]) -> HTML:
@@ -373,7 +413,7 @@ def show_advice_vs_outcome(studies: list[optuna.Study]) -> HTML:
 def show_warm_starts(studies: list[optuna.Study]) -> HTML:
     """For each warm-started study: how many trials it needed to reach its source's best,
     against how many the source needed."""
-    from .warmstart import trials_to_reach
+    from .warmstart import best_f1, trials_to_reach
 
     by_name = {s.study_name: s for s in studies}
     rows = []
@@ -382,9 +422,9 @@ def show_warm_starts(studies: list[optuna.Study]) -> HTML:
         sources = lineage.get("sources") or ([{"from_study": lineage["from_study"]}] if lineage.get("from_study") else [])
         for src in sources:
             cold = by_name.get(src["from_study"])
-            if cold is None or cold is s or not cold.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            target = best_f1(cold) if cold is not None and cold is not s else None
+            if target is None:
                 continue
-            target = cold.best_value
             rows.append({"warm study": s.study_name, "from": cold.study_name, "cold best": target,
                          "cold needed (trials)": trials_to_reach(cold, target),
                          "warm reached it after (trials)": trials_to_reach(s, target) or "not reached"})

@@ -38,6 +38,8 @@ def free_accelerator_memory() -> None:
 class Objective:
     """Callable objective over one cached dataset and one train/validation split."""
 
+    prunable = True  # reports every epoch; False for multi-objective studies (Optuna cannot prune those)
+
     def __init__(
         self,
         data: ImageData,
@@ -114,9 +116,11 @@ class Objective:
         cfg = self.settings(params)
 
         def report(m: EpochMetrics) -> None:
-            trial.report(m.f1, m.epoch)
             trial.set_user_attr("accuracy", m.accuracy)
             trial.set_user_attr("epochs_run", m.epoch)
+            if not self.prunable:
+                return
+            trial.report(m.f1, m.epoch)
             if trial.should_prune():
                 raise optuna.TrialPruned(f"pruned after epoch {m.epoch} at macro-F1 {m.f1:.4f}")
 
@@ -139,4 +143,8 @@ class Objective:
         trial.set_user_attr("best_epoch_f1", result.best.f1)
         trial.set_user_attr("train_s", round(result.wall_s, 3))
         trial.set_user_attr("data_s", round(result.data_s, 3))
+        return self.values(trial, cfg, result)
+
+    def values(self, trial: optuna.Trial, cfg: TrainConfig, result) -> float:
+        """What the trial returns to Optuna: macro-F1 (objectives.MultiObjective adds more)."""
         return result.f1

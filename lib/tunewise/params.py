@@ -35,6 +35,7 @@ STUDY_DEFAULTS: dict[str, Any] = {
     "device": "auto",  # auto | cpu | cuda | cuda:N
     "cache_dir": None,  # None: $TUNEWISE_CACHE_DIR or ~/.cache/tunewise
     "force": False,  # resume even if the space or dataset changed
+    "objectives": ["f1"],  # [f1]: macro-F1 alone; add latency_ms and/or params for a Pareto front
 }
 
 # What the later phases build on; ignored by the phases that do not use them.
@@ -51,7 +52,9 @@ PHASE_DEFAULTS: dict[str, Any] = {
     "params_out": "final.yaml",  # validate: winning configuration, written in the run folder
     "studies": [],  # postmortem: study names to analyse ([] : every study in the storage)
     "interactive": True,  # widgets and live charts (tunewise run sets false)
-    "warm_start_from": [],  # start from the best trials of these studies ([auto]: same dataset)
+    "warm_start_from": [],  # start from the best trials of these studies ([auto]: same dataset, [family]: same model family)
+    "max_latency_ms": 0.0,  # postmortem: best macro-F1 within this latency, ms per image (0: no limit)
+    "max_params": 0,  # postmortem: best macro-F1 within this many parameters (0: no limit)
 }
 
 DATA_KEYS = [f for f in DataSpec.__dataclass_fields__]
@@ -154,7 +157,16 @@ def check_values(p: dict[str, Any]) -> None:
     need(is_int(p["folds"]) and (p["folds"] == 0 or p["folds"] >= 2), "folds", "0 (one split per seed) or an integer >= 2")
     need(isinstance(p["studies"], list) and all(isinstance(x, str) for x in p["studies"]), "studies", "a list of study names")
     need(isinstance(p["warm_start_from"], list) and all(isinstance(x, str) for x in p["warm_start_from"]),
-         "warm_start_from", "a list of study names, or [auto] for the studies on the same dataset")
+         "warm_start_from", "a list of study names, [auto] for the studies on the same dataset, [family] for the same model family")
+    need(isinstance(p["max_latency_ms"], (int, float)) and not isinstance(p["max_latency_ms"], bool) and p["max_latency_ms"] >= 0,
+         "max_latency_ms", "milliseconds per image >= 0 (0: no limit)")
+    need(is_int(p["max_params"]) and p["max_params"] >= 0, "max_params", "an integer >= 0 (0: no limit)")
+    from .objectives import check_objectives  # here: it imports torch and the training stack
+
+    try:
+        check_objectives(p["objectives"])
+    except ConfigError as exc:
+        errors.append(str(exc))
     for flag in ("baseline", "force", "skip_bad_images", "always_run", "interactive"):
         need(isinstance(p[flag], bool), flag, "true or false")
     if errors:

@@ -21,6 +21,7 @@ from optuna.trial import TrialState
 from . import __version__, params as P
 from .cache import ImageData, describe, load_images
 from .hparams import TrainConfig
+from . import objectives as MO
 from .atomic import write_json_atomic
 from .objective import Objective
 from .warmstart import warm_start_from
@@ -63,10 +64,18 @@ def check(p: dict[str, Any], space: SearchSpace | None = None) -> Checked:
     space = space or SearchSpace.from_dict(p["search_space"] if p["search_space"] is not None else P.SEED_SPACE)
     sampler = make_sampler(p["sampler"], seed=p["seed"])
     pruner = make_pruner(p["pruner"])
-    build_stop_rules(p["stop_rules"])  # checks the rules now; built again with the clock in tune()
+    multi = MO.is_multi(p)
+    # Checks the rules now; built again with the clock in tune().
+    if multi:
+        pruner = optuna.pruners.NopPruner()  # Optuna cannot prune a multi-objective trial
+        MO.stop_rules(p["stop_rules"])
+    else:
+        build_stop_rules(p["stop_rules"])
     data = load_images(P.data_spec(p), p["cache_dir"])
-    objective = Objective(
-        data, space, P.train_settings(p), val_fraction=p["val_fraction"], split_seed=p["split_seed"], device=p["device"]
+    kind, extra = (MO.MultiObjective, {"objectives": p["objectives"]}) if multi else (Objective, {})
+    objective = kind(
+        data, space, P.train_settings(p), val_fraction=p["val_fraction"], split_seed=p["split_seed"], device=p["device"],
+        **extra,
     )
     return Checked(space, sampler, pruner, data, objective)
 
@@ -81,11 +90,17 @@ def prepare(p: dict[str, Any], checked: Checked | None = None) -> Prepared:
         phase=p["phase"], space_fingerprint=c.space.fingerprint(), data_fingerprint=c.data.fingerprint,
         model=model, metric=METRIC,
     )
-    study = open_study(p["study_name"], storage, identity=identity, sampler=c.sampler, pruner=c.pruner, force=p["force"])
+    if MO.is_multi(p):
+        study = MO.open_multi_study(p["study_name"], storage, objectives=p["objectives"], identity=identity,
+                                    sampler=c.sampler, force=p["force"])
+    else:
+        MO.refuse_multi(storage, p["study_name"])
+        study = open_study(p["study_name"], storage, identity=identity, sampler=c.sampler, pruner=c.pruner, force=p["force"])
     study.set_user_attr(SPACE_ATTR, c.space.to_dict())
     with warnings.catch_warnings():  # experimental in Optuna 5, stable enough for a label
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        study.set_metric_names([METRIC])  # dashboards label the axis "macro_f1", not "Objective 0"
+        # Dashboards label the axis "macro_f1", not "Objective 0".
+        study.set_metric_names(MO.metric_names(p["objectives"]) if MO.is_multi(p) else [METRIC])
     if study.trials and p["seed"] is not None:
         # A resumed run with the same seed would replay the first run's random draws
         # (duplicate trials): offset the seed by what the study already holds.
@@ -102,7 +117,7 @@ def baseline_params(space: SearchSpace, fixed: dict[str, Any]) -> dict[str, Any]
 def baseline_value(study: optuna.Study) -> float | None:
     for t in study.get_trials(states=(TrialState.COMPLETE,)):
         if t.user_attrs.get(BASELINE_ATTR):
-            return t.value
+            return t.values[0]  # macro-F1, in a multi-objective study too
     return None
 
 
@@ -128,6 +143,15 @@ def tune(
         if p["warm_start_from"]:
             warm_start_from(study, prep.space, p["warm_start_from"], p["warm_start_n"])
     clock = StudyClock(study)
+    if MO.is_multi_study(study):
+        rules, notes = MO.stop_rules(p["stop_rules"], elapsed_s=clock.elapsed_s)
+        result = MO.run_multi(study, prep.objective, n_trials=p["n_trials"], timeout=p["timeout"],
+                              callbacks=[*rules, *callbacks], clock=clock, show_progress_bar=show_progress_bar)
+        if p["pruner"] not in (None, "none", {"name": "none"}):
+            notes.append("pruner not used: Optuna cannot prune a multi-objective trial")
+        summary = {**summarize(prep, result, baseline), **MO.summary_extra(study, notes)}
+        write_json_atomic(prep.run_dir / "summary.json", summary)
+        return summary
     rules = build_stop_rules(p["stop_rules"], elapsed_s=clock.elapsed_s)
     result = run_trials(
         study, prep.objective, n_trials=p["n_trials"], timeout=p["timeout"], callbacks=[*rules, *callbacks], clock=clock,

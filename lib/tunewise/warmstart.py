@@ -1,10 +1,12 @@
 """Warm starts from earlier studies in the same storage.
 
 A new study can begin with the best trials of earlier ones: those on the same dataset
-(`warm_start_from: [auto]`, matched by the recorded dataset fingerprint) or named
-explicitly. Their parameters are enqueued clipped to the new space (`SearchSpace.clip`),
-and the lineage is recorded. `trials_to_reach` tells the post-mortem how early a study
-reached a given score (e.g. a cold study's best).
+(`warm_start_from: [auto]`, matched by the recorded dataset fingerprint), those that
+trained the same model family (`[family]`: timm's module, e.g. every convnext_* model), or
+named explicitly. Their parameters are enqueued clipped to the new space
+(`SearchSpace.clip`), and the lineage is recorded. From a multi-objective study (or into
+one) "best" means highest macro-F1 on the Pareto front. `trials_to_reach` tells the
+post-mortem how early a study reached a given score (e.g. a cold study's best).
 """
 
 from __future__ import annotations
@@ -12,59 +14,120 @@ from __future__ import annotations
 from typing import Any
 
 import optuna
-from optuna.trial import TrialState
+from optuna.study import StudyDirection
+from optuna.trial import FrozenTrial, TrialState
 
 from .errors import ConfigError, did_you_mean
-from .narrow import LINEAGE_ATTR, best_complete, warm_start
+from .narrow import LINEAGE_ATTR, WARM_START_ATTR, best_complete, warm_start
 from .space import SearchSpace
 from .study import IDENTITY_KEY
 
-AUTO = "auto"
+AUTO = "auto"  # the studies recorded on the same dataset
+FAMILY = "family"  # the studies that trained the same model family
+SPACE_ATTR = "tunewise.search_space"  # as tuning.SPACE_ATTR (not imported: tuning imports this module)
+
+
+def model_family(name: str) -> str:
+    """timm's module for a model name ("convnext_tiny" -> "convnext"); the name when unknown."""
+    from timm.models import model_entrypoint
+
+    try:
+        return model_entrypoint(name.split(".")[0]).__module__.rsplit(".", 1)[-1]
+    except (RuntimeError, KeyError, AttributeError):
+        return name
+
+
+def study_families(study: optuna.Study) -> set[str]:
+    """The model families a study trained: its model, or every choice it searched."""
+    model = (study.user_attrs.get(IDENTITY_KEY) or {}).get("model")
+    if model and model != "search":
+        return {model_family(model)}
+    choices = ((study.user_attrs.get(SPACE_ATTR) or {}).get("model") or {}).get("choices") or []
+    return {model_family(m) for m in choices}
 
 
 def source_studies(study: optuna.Study, names: list[str]) -> list[optuna.Study]:
-    """The studies to warm-start from: named ones, or with "auto" every other study in the
-    storage recorded on the same dataset fingerprint."""
+    """The studies to warm-start from: named ones, "auto" (every other study recorded on the
+    same dataset fingerprint) and "family" (every other study of the same model family)."""
     storage = study._storage
     existing = [n for n in optuna.get_all_study_names(storage) if n != study.study_name]
     fingerprint = (study.user_attrs.get(IDENTITY_KEY) or {}).get("data_fingerprint")
+    families = study_families(study)
     chosen: list[str] = []
     for name in names:
-        if name == AUTO:
+        if name in (AUTO, FAMILY):
             for other in existing:
                 loaded = optuna.load_study(study_name=other, storage=storage)
-                if (loaded.user_attrs.get(IDENTITY_KEY) or {}).get("data_fingerprint") == fingerprint:
+                if name == AUTO and (loaded.user_attrs.get(IDENTITY_KEY) or {}).get("data_fingerprint") == fingerprint:
+                    chosen.append(other)
+                if name == FAMILY and families & study_families(loaded):
                     chosen.append(other)
         elif name in existing:
             chosen.append(name)
         else:
             raise ConfigError(
                 f"warm_start_from: no study {name!r} in this storage{did_you_mean(name, existing)}; "
-                f"allowed: {', '.join(existing) or 'none yet'}, or {AUTO!r} for the studies on the same dataset"
+                f"allowed: {', '.join(existing) or 'none yet'}, {AUTO!r} for the studies on the same dataset, "
+                f"or {FAMILY!r} for the same model family"
             )
     return [optuna.load_study(study_name=n, storage=storage) for n in dict.fromkeys(chosen)]
 
 
+def _maximizes_f1(study: optuna.Study) -> bool:
+    return study.directions[0] == StudyDirection.MAXIMIZE
+
+
+def ranked(source: optuna.Study) -> list[FrozenTrial]:
+    """A source's complete trials, best first: by value, or (multi-objective) its Pareto
+    front by macro-F1."""
+    if len(source.directions) > 1:
+        return sorted(source.best_trials, key=lambda t: (-t.values[0], t.number))
+    return best_complete(source.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), source.direction.name.lower())
+
+
 def warm_start_from(study: optuna.Study, space: SearchSpace, names: list[str], n: int) -> list[dict[str, Any]]:
-    """Enqueue the best `n` trials of each source study, clipped to `space`; record where from."""
+    """Enqueue the best `n` trials of each source study, clipped to `space`; record where from.
+    Sources optimizing the other way (or with no complete trial) are passed over."""
     enqueued, lineage = [], []
-    direction = study.direction.name.lower()
+    single = len(study.directions) == 1
     for source in source_studies(study, names):
-        trials = source.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        if source.direction != study.direction or not trials:
+        complete = source.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if not complete or _maximizes_f1(source) != _maximizes_f1(study):
             continue
-        enqueued += warm_start(study, trials, space, n, direction, source_name=source.study_name)
-        lineage.append({"from_study": source.study_name, "trials": [t.number for t in best_complete(trials, direction)[:n]]})
+        if single and len(source.directions) == 1:
+            # One value each: narrow's warm start, the same one the focused phase uses.
+            enqueued += warm_start(study, complete, space, n, study.direction.name.lower(), source_name=source.study_name)
+            best = ranked(source)[:n]
+        else:
+            best = ranked(source)[:n]
+            for trial in best:
+                params = space.clip(trial.params)
+                if not params:
+                    continue
+                before = len(study.get_trials(deepcopy=False))
+                study.enqueue_trial(params, user_attrs={WARM_START_ATTR: trial.number}, skip_if_exists=True)
+                if len(study.get_trials(deepcopy=False)) > before:
+                    enqueued.append(params)
+        lineage.append({"from_study": source.study_name, "trials": [t.number for t in best]})
     if lineage:
         study.set_user_attr(LINEAGE_ATTR, {"mode": "warm_start", "sources": lineage})
     return enqueued
 
 
 def trials_to_reach(study: optuna.Study, target: float) -> int | None:
-    """How many finished trials the study needed before its best reached `target`."""
-    sign = 1 if study.direction == optuna.study.StudyDirection.MAXIMIZE else -1
+    """How many finished trials the study needed before its best macro-F1 (its value, or its
+    first objective) reached `target`."""
+    sign = 1 if _maximizes_f1(study) else -1
     finished = [t for t in study.get_trials(deepcopy=False) if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
     for count, t in enumerate(sorted(finished, key=lambda t: t.number), start=1):
-        if t.state == TrialState.COMPLETE and sign * t.value >= sign * target:
+        if t.state == TrialState.COMPLETE and sign * t.values[0] >= sign * target:
             return count
     return None
+
+
+def best_f1(study: optuna.Study) -> float | None:
+    """The best macro-F1 of a study, single- or multi-objective."""
+    values = [t.values[0] for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+    if not values:
+        return None
+    return max(values) if _maximizes_f1(study) else min(values)
