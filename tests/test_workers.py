@@ -155,7 +155,7 @@ def check_four_workers_share_the_budget(url: str, run_dir: Path) -> None:
     assert [t.number for t in trials] == list(range(100))
     assert Counter(t.state for t in trials) == {TrialState.COMPLETE: 100}
     for t in trials:  # every write of every trial is there
-        assert t.value == t.user_attrs["x2"] == t.params["x"] ** 2
+        assert t.value == t.user_attrs["x2"] == t.params["x"] * t.params["x"]  # as computed (x ** 2 may differ by an ulp)
         assert t.intermediate_values == {s: t.value * s for s in range(3)}
     by_worker = Counter(t.user_attrs[WORKER_KEY]["pid"] for t in trials)
     assert set(by_worker) == {p.pid for p in procs}, "not every worker took part"

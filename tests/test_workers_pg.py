@@ -37,9 +37,8 @@ from tunewise.study import (
     WORKER_DIED,
     WORKER_KEY,
     finished_trials,
-    record_params,
 )
-from tunewise.workers import join_study, start_new_study
+from tunewise.workers import join_study
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 pytestmark = [pytest.mark.filterwarnings("ignore:Heartbeat of storage:UserWarning"),
@@ -152,9 +151,8 @@ def test_a_second_process_joins_a_study_on_postgresql(pg_url, tmp_path):
         "img_size": 32, "model": "test_convnext", "n_trials": 6, "epochs": 1, "batch_size": 64,
         "hflip": False, "search_space": SMALL_SPACE, "pruner": "none", "device": "cpu",
     })
-    prep = tuning.prepare(p)  # what `tunewise run` does before its workers start
-    start_new_study(prep)
-    record_params(prep.study, p)
+    prep = tuning.prepare(p)  # what `tunewise run` does before its workers start (it records p)
+    tuning.start_new_study(prep)
 
     # "Another machine": only the study's name and storage, as `tunewise worker` is given.
     other = subprocess.Popen(

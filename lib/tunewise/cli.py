@@ -9,9 +9,17 @@
         run or resume a study through the library alone (no notebook)
     tunewise advise [--params FILE] [--set ...] [--hours H] [--days-left D] [--tuned-before] ...
         is tuning worth it here? the seed's verdict, with its reasons
+    tunewise run|tune|pipeline ... --workers N [--gpus 0,1]
+        N worker processes fill each study together (one per GPU, or CPU threads split)
+    tunewise worker --study NAME [--storage URL] [--set KEY=VALUE ...]
+        join a running study from another machine (parameters read from the study)
+    tunewise merge --into NAME [--storage URL] SOURCE [SOURCE ...]
+        copy the finished trials of independent studies (SOURCE: STORAGE or STORAGE#STUDY)
+        into one study, origin recorded, duplicates skipped; then run the post-mortem on it
 
 Bad input is one readable message and exit status 2 (add --traceback to see where); a
-failed notebook cell exits 1 with the executed notebook kept; Ctrl-C exits 130.
+failed notebook cell exits 1 with the executed notebook kept; a storage lost mid-study
+(after retrying) exits 3; Ctrl-C exits 130.
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ import sys
 from pathlib import Path
 
 from .errors import TunewiseError
+from .storage import StorageLost
 
 PARAMS_DIR = Path(__file__).resolve().parents[2] / "params"
 DEMO_PARAMS = PARAMS_DIR / "demo.yaml"
@@ -36,6 +45,11 @@ def _common(p: argparse.ArgumentParser, with_params: bool = True) -> None:
     p.add_argument("--traceback", action="store_true", default=argparse.SUPPRESS, help="show the full traceback of an error")
 
 
+def _workers(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--workers", type=int, metavar="N", help="worker processes filling the study together")
+    p.add_argument("--gpus", metavar="0,1,...", help="GPU indices to spread the workers over (default: every visible GPU)")
+
+
 def _parser() -> argparse.ArgumentParser:
     from .params import PHASES
 
@@ -45,9 +59,30 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="execute one phase notebook headless (papermill)")
     run.add_argument("phase", choices=PHASES)
     _common(run)
-    _common(sub.add_parser("pipeline", help="quick, focused, validate and post-mortem into one run folder"))
+    _workers(run)
+    pipe = sub.add_parser("pipeline", help="quick, focused, validate and post-mortem into one run folder")
+    _common(pipe)
+    _workers(pipe)
     _common(sub.add_parser("demo", help="the pipeline on the built-in digits (CPU preset)"), with_params=False)
-    _common(sub.add_parser("tune", help="run or resume a study through the library (no notebook)"))
+    tune = sub.add_parser("tune", help="run or resume a study through the library (no notebook)")
+    _common(tune)
+    _workers(tune)
+    worker = sub.add_parser("worker", help="join a running study (from another machine)")
+    worker.add_argument("--study", required=True, help="the study's name")
+    worker.add_argument("--storage", help="its storage URL (default: $TUNEWISE_STORAGE); ${VAR} is read from the environment")
+    worker.add_argument("--threads", type=int, help="CPU threads for this worker (default: torch's)")
+    worker.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one of the study's parameters on this machine, e.g. --set device=cuda:1")
+    worker.add_argument("--traceback", action="store_true", default=argparse.SUPPRESS, help="show the full traceback of an error")
+    merge = sub.add_parser("merge", help="merge independent studies (e.g. one per GPU) into one")
+    merge.add_argument("sources", nargs="+", metavar="SOURCE",
+                       help="STORAGE (its only study, or --study) or STORAGE#STUDY; STORAGE is a .journal file or a URL")
+    merge.add_argument("--into", required=True, metavar="NAME", help="the study to merge into (created if missing)")
+    merge.add_argument("--storage", help="where that study lives (default: the first source's storage)")
+    merge.add_argument("--study", help="the study to take from each source storage that names none")
+    merge.add_argument("--include-failed", action="store_true", help="copy failed trials too")
+    merge.add_argument("--force", action="store_true", help="merge studies of another metric or dataset anyway")
+    merge.add_argument("--traceback", action="store_true", default=argparse.SUPPRESS, help="show the full traceback of an error")
     adv = sub.add_parser("advise", help="is tuning worth it here? the seed's verdict from what is known")
     _common(adv)
     adv.add_argument("--baseline", type=float, help="macro-F1 of the default settings (default: from the study, if it ran)")
@@ -92,9 +127,61 @@ def _overrides(args) -> dict:
     from . import params as P
 
     overrides = P.parse_set(args.overrides)
-    if args.out:
+    if getattr(args, "out", None):
         overrides["run_dir"] = args.out
+    if getattr(args, "workers", None) is not None:
+        overrides["workers"] = args.workers
+    if getattr(args, "gpus", None) is not None:
+        overrides["gpus"] = _gpu_list(args.gpus)
     return overrides
+
+
+def _gpu_list(text: str) -> list:
+    """--gpus 0,1 -> [0, 1]; anything else is left for the parameter check to name."""
+    parts = [x.strip() for x in text.split(",") if x.strip()]
+    return [int(x) if x.isdigit() else x for x in parts]
+
+
+def _worker(args, overrides: dict) -> int:
+    from .workers import join_study
+
+    summary = join_study(args.study, args.storage, overrides=overrides, threads=args.threads)
+    _print_study(summary)
+    return 130 if summary["interrupted"] else 0
+
+
+def _merge(args) -> int:
+    from .workers import merge_studies
+
+    sources = []
+    for source in args.sources:
+        storage, _, name = source.rpartition("#") if "#" in source else (source, "", "")
+        sources.append((name or args.study or _only_study(storage, but=args.into), storage))
+    result = merge_studies(sources, args.into, args.storage or sources[0][1],
+                           include_failed=args.include_failed, force=args.force)
+    for s in result["sources"]:
+        skipped = ", ".join(f"{n} {state}" for state, n in s["not_copied"].items())
+        print(f"{s['study']} @ {s['storage']}: {s['copied']} copied, {s['duplicates']} already there"
+              + (f", not copied: {skipped}" if skipped else ""))
+    print(f"merged into {result['target']} @ {result['storage']}: {result['n_trials']} trials "
+          f"({result['copied']} new); next: tunewise run postmortem --set storage={args.storage or sources[0][1]} "
+          f"--set 'studies=[{result['target']}]'")
+    return 0
+
+
+def _only_study(storage: str, but: str) -> str:
+    """The name of the one study in ``storage`` other than ``but`` (the merge target, which
+    may live there from an earlier merge); ConfigError when it holds none or several."""
+    import optuna
+
+    from .errors import ConfigError
+    from .storage import open_storage, redact
+
+    names = [n for n in optuna.get_all_study_names(open_storage(storage, ".", must_exist=True)) if n != but]
+    if len(names) != 1:
+        raise ConfigError(f"merge: {redact(storage)} holds {len(names)} studies ({', '.join(names) or 'none'}); "
+                          "allowed: name one as STORAGE#STUDY, or pass --study")
+    return names[0]
 
 
 def _print_study(s: dict) -> None:
@@ -122,14 +209,24 @@ def _run(args) -> int:
     from . import params as P
     from .execute import phase_params, pipeline, run_phase
 
+    if args.command == "merge":
+        return _merge(args)
     overrides = _overrides(args)
+    if args.command == "worker":
+        return _worker(args, overrides)
     if args.command == "advise":
         return _advise(args, overrides)
     if args.command == "tune":
         from .tuning import tune
 
         p = P.resolve(args.params, overrides)
-        summary = tune(p)
+        callbacks = []
+        if p["workers"] > 1:
+            from .workers import ProgressPrinter
+
+            printer = ProgressPrinter(p["n_trials"])
+            callbacks.append(lambda study, trial: printer(study))
+        summary = tune(p, callbacks=callbacks)
         _print_study(summary)
         print(f"summary: {Path(p['run_dir']) / 'summary.json'}")
         return 130 if summary["interrupted"] else 0
@@ -152,6 +249,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         return _run(args)
+    except StorageLost as exc:  # mid-study, after retrying: its own status, for scripts that restart
+        if args.traceback:
+            raise
+        print(f"tunewise: error: {exc}", file=sys.stderr)
+        return 3
     except TunewiseError as exc:
         if args.traceback:
             raise

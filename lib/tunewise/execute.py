@@ -57,12 +57,16 @@ def phase_params(phase: str, file: str | Path | None, overrides: dict[str, Any])
 
 
 def precheck(phase: str, p: dict[str, Any]) -> None:
-    """The checks that need no study: search space, sampler, pruner, stop rules, dataset
-    and model, so bad input fails before a kernel starts (the notebook checks the rest)."""
+    """The checks that need no study: search space, sampler, pruner, stop rules, dataset,
+    model and workers, so bad input fails before a kernel starts (the notebook checks the rest)."""
     if phase in ("quick", "focused", "validate"):
         from .tuning import check
 
         check(p)
+    if phase in ("quick", "focused") and p["workers"] > 1:
+        from .workers import plan_workers
+
+        plan_workers(p, p["workers"], p["gpus"] or None)  # GPUs that exist, not asked of the CPU
 
 
 def _error_lines(exc: pm.PapermillExecutionError) -> str:

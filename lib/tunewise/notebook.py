@@ -130,7 +130,13 @@ def show_result(summary: dict[str, Any]) -> HTML:
         {"": "stopped", "value": f"{summary['stop_reason']}: {(summary['stop_details'] or {}).get('message', '')}"},
         {"": "best parameters", "value": summary["best_params"]},
     ]
-    return table(rows, f"Result of study {summary['study_name']}")
+    result = table(rows, f"Result of study {summary['study_name']}")
+    if not summary.get("workers"):
+        return result
+    workers = [{"worker": w["index"], "GPU": "cpu" if w["gpu"] is None else w["gpu"], "threads": w["threads"],
+                "trials run": w["trials_run"], "exit status": w["exit_code"], "log": w["log"]}
+               for w in summary["workers"]]
+    return HTML(result.data + table(workers, f"{len(workers)} workers filled the study together").data)
 
 
 def load_study(p: dict[str, Any], name: str) -> optuna.Study:

@@ -33,15 +33,11 @@ import plotly.graph_objects as go
 import torch
 from optuna.trial import FrozenTrial, TrialState
 
-from .errors import ConfigError, SetupError, did_you_mean
+from .errors import ConfigError, did_you_mean
 from .models import build_model
 from .objective import Objective
-from .runner import INTERRUPTED, PHASE_KEY, STOP_DETAILS_KEY, STOP_REASON_KEY, RunResult, describe_error, max_attempts
 from .stoprules import DEFAULT_STOP_RULES, RULES, build_stop_rules
-from .study import (
-    FAIL_REASON_KEY, GUARDED_FIELDS, IDENTITY_KEY, StudyClock, fail_and_requeue, finished_trials,
-    record_worker, recover_stale_trials, remaining_trials,
-)
+from .study import GUARDED_FIELDS, IDENTITY_KEY
 
 # name in params -> (metric name in the study, direction, user attr holding it)
 OBJECTIVES: dict[str, tuple[str, str, str]] = {
@@ -98,6 +94,14 @@ def stop_rules(config: dict[str, Any] | None, elapsed_s: Callable[[], float] | N
     notes = [f"stop rule {name} not applied: it watches one best value, and a multi-objective study has a Pareto front instead"
              for name in skipped]
     return build_stop_rules(kept, elapsed_s=elapsed_s), notes
+
+
+def not_applied(p: dict[str, Any]) -> list[str]:
+    """What a multi-objective run with parameters `p` leaves out, one note each."""
+    notes = stop_rules(p["stop_rules"])[1]
+    if p["pruner"] not in (None, "none", {"name": "none"}):
+        notes.append("pruner not used: Optuna cannot prune a multi-objective trial")
+    return notes
 
 
 # --- measuring a model --------------------------------------------------------------------
@@ -202,93 +206,6 @@ def refuse_multi(storage, name: str) -> None:
             stored = (study.user_attrs.get(IDENTITY_KEY) or {}).get("objectives")
             raise ConfigError(f"study {name!r} is multi-objective ({stored}); resume it with objectives: {stored}, "
                               "or use a new study name for a single-objective search")
-
-
-def run_multi(study: optuna.Study, objective: Callable, *, n_trials: int, timeout: float | None,
-              callbacks: Sequence[Callable] = (), clock: StudyClock | None = None,
-              show_progress_bar: bool = False) -> RunResult:
-    """Run trials until `n_trials` finished across runs (failed ones are replaced, within
-    runner.max_attempts), time is up or a stop rule fires. One process: the multi-worker
-    slot gate of runner.run_trials assumes one value per trial."""
-    recover_stale_trials(study)
-    clock = clock or StudyClock(study)
-    study.set_user_attr(STOP_REASON_KEY, None)
-    study.set_user_attr(STOP_DETAILS_KEY, None)
-    phase = (study.user_attrs.get(IDENTITY_KEY) or {}).get("phase")
-    remaining = remaining_trials(study, n_trials)
-    time_left = None if timeout is None else timeout - clock.elapsed_s()
-    state = {"started": 0, "current": None, "setup_error": None}
-
-    def run(trial: optuna.Trial):
-        state["started"] += 1
-        state["current"] = trial.number
-        record_worker(trial)
-        if phase:
-            trial.set_user_attr(PHASE_KEY, phase)
-        try:
-            return objective(trial)
-        except KeyboardInterrupt:
-            trial.set_user_attr(FAIL_REASON_KEY, INTERRUPTED)
-            raise
-        except optuna.TrialPruned:
-            raise
-        except Exception as exc:
-            if FAIL_REASON_KEY not in trial.user_attrs:
-                trial.set_user_attr(FAIL_REASON_KEY, describe_error(exc))
-            if isinstance(exc, SetupError):
-                state["setup_error"] = exc
-                trial.study.stop()
-            raise
-
-    def enough(study: optuna.Study, trial: FrozenTrial) -> None:
-        if finished_trials(study) >= n_trials:
-            study.stop()
-
-    interrupted = False
-    if remaining > 0 and (time_left is None or time_left > 0):
-        try:
-            study.optimize(run, n_trials=max_attempts(remaining), timeout=time_left, catch=(Exception,),
-                           callbacks=[clock, *callbacks, enough], show_progress_bar=show_progress_bar)
-        except KeyboardInterrupt:
-            interrupted = True
-            number = state["current"]
-            trial = study.get_trials(deepcopy=False)[number] if number is not None else None
-            requeued = trial is not None and trial.state in (TrialState.RUNNING, TrialState.FAIL) and \
-                fail_and_requeue(study, trial, INTERRUPTED, count_as_retry=False)
-            _record(study, INTERRUPTED, {"trial": number, "requeued": requeued,
-                                         "message": f"Ctrl-C during trial {number}" + ("; it is queued for the next run." if requeued else ".")})
-    if state["setup_error"] is not None:
-        _record(study, "setup error", {"trial": state["current"], "message": describe_error(state["setup_error"])})
-        clock.flush()
-        raise state["setup_error"]
-    reason = study.user_attrs.get(STOP_REASON_KEY)
-    if not reason:
-        finished, elapsed = finished_trials(study), clock.elapsed_s()
-        figures = {"finished_trials": finished, "n_trials": n_trials, "elapsed_s": round(elapsed, 3), "timeout_s": timeout}
-        if finished >= n_trials:
-            reason, message = "budget", f"{finished} of {n_trials} trials finished."
-        elif timeout is not None and elapsed >= timeout:
-            reason, message = "timeout", f"{elapsed:.1f} s spent across runs, the time budget is {timeout:g} s."
-        else:
-            reason, message = "attempts", f"{state['started']} trials attempted but some failed: {finished} of {n_trials} finished; run again to finish the budget."
-        _record(study, reason, {**figures, "message": message})
-    elapsed = clock.flush()
-    trials = study.get_trials(deepcopy=False)
-    complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    best = max(complete, key=lambda t: t.values[0], default=None)  # the highest macro-F1 (on the front)
-    return RunResult(
-        study_name=study.study_name, n_finished=finished_trials(study), n_complete=len(complete),
-        n_pruned=sum(t.state == TrialState.PRUNED for t in trials), n_failed=sum(t.state == TrialState.FAIL for t in trials),
-        ran_this_run=state["started"], best_value=best.values[0] if best else None,
-        best_params=dict(best.params) if best else None, stop_reason=study.user_attrs.get(STOP_REASON_KEY),
-        stop_details=study.user_attrs.get(STOP_DETAILS_KEY) or {}, elapsed_s=elapsed, run_wall_s=clock.run_wall_s(),
-        interrupted=interrupted,
-    )
-
-
-def _record(study: optuna.Study, reason: str, details: dict[str, Any]) -> None:
-    study.set_user_attr(STOP_REASON_KEY, reason)
-    study.set_user_attr(STOP_DETAILS_KEY, details)
 
 
 # --- the Pareto front ---------------------------------------------------------------------

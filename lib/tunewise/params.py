@@ -36,6 +36,8 @@ STUDY_DEFAULTS: dict[str, Any] = {
     "cache_dir": None,  # None: $TUNEWISE_CACHE_DIR or ~/.cache/tunewise
     "force": False,  # resume even if the space or dataset changed
     "objectives": ["f1"],  # [f1]: macro-F1 alone; add latency_ms and/or params for a Pareto front
+    "workers": 1,  # worker processes filling the study together (one per GPU or CPU slot)
+    "gpus": [],  # with workers > 1: GPU indices to spread them over ([]: every visible GPU, or the CPU)
 }
 
 # What the later phases build on; ignored by the phases that do not use them.
@@ -140,6 +142,9 @@ def check_values(p: dict[str, Any]) -> None:
         return isinstance(v, int) and not isinstance(v, bool)
 
     need(is_int(p["n_trials"]) and p["n_trials"] >= 1, "n_trials", "an integer >= 1")
+    need(is_int(p["workers"]) and p["workers"] >= 1, "workers", "an integer >= 1")
+    need(isinstance(p["gpus"], list) and all(is_int(g) and g >= 0 for g in p["gpus"]) and len(set(p["gpus"])) == len(p["gpus"]),
+         "gpus", "a list of distinct GPU indices such as [0, 1] ([]: every visible GPU)")
     need(p["timeout"] is None or (isinstance(p["timeout"], (int, float)) and not isinstance(p["timeout"], bool) and p["timeout"] > 0),
          "timeout", "seconds > 0, or null for no limit")
     need(isinstance(p["study_name"], str) and p["study_name"].strip() != "", "study_name", "a non-empty name")

@@ -190,6 +190,19 @@ def max_attempts(remaining: int) -> int:
     return 0 if remaining == 0 else 2 * remaining + 3
 
 
+def best_trial(study: optuna.Study, complete: list[FrozenTrial] | None = None) -> FrozenTrial | None:
+    """The study's best complete trial; in a multi-objective study the one with the best
+    first objective (macro-F1), which always lies on the Pareto front. None if none."""
+    if complete is None:
+        complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if not complete:
+        return None
+    if len(study.directions) == 1:
+        return study.best_trial
+    sign = 1 if study.directions[0] == optuna.study.StudyDirection.MAXIMIZE else -1
+    return max(complete, key=lambda t: (sign * t.values[0], -t.number))
+
+
 def describe_error(exc: BaseException) -> str:
     """``"ExcType: message"`` on one line, short enough for a user attr."""
     text = " ".join(str(exc).split())
@@ -446,7 +459,7 @@ def _finish(
     _record_stop(study, reason, details)
     trials = study.get_trials(deepcopy=False)
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    best = study.best_trial if complete else None
+    best = best_trial(study, complete)
     return RunResult(
         study_name=study.study_name,
         n_finished=sum(t.state in FINISHED_STATES for t in trials),
@@ -454,7 +467,7 @@ def _finish(
         n_pruned=sum(t.state == TrialState.PRUNED for t in trials),
         n_failed=sum(t.state == TrialState.FAIL for t in trials),
         ran_this_run=started,
-        best_value=best.value if best else None,
+        best_value=best.values[0] if best else None,
         best_params=dict(best.params) if best else None,
         stop_reason=reason,
         stop_details=details,

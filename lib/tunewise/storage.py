@@ -85,6 +85,7 @@ def open_storage(
     retry_s: float | None = None,
     heartbeat_s: int = HEARTBEAT_INTERVAL_S,
     grace_s: int = GRACE_PERIOD_S,
+    must_exist: bool = False,
 ) -> BaseStorage:
     """The storage for ``url`` (None/"" -> $TUNEWISE_STORAGE -> the run's journal file).
 
@@ -92,10 +93,14 @@ def open_storage(
     redacted) when the storage cannot be opened or reached: at once, never retried. On an
     RDB storage, later calls ride out an outage of up to ``retry_s`` seconds (default
     $TUNEWISE_RETRY_S or RETRY_S); ``heartbeat_s``/``grace_s`` set Optuna's heartbeat.
+    ``must_exist``: a journal or SQLite file that is not there is a ConfigError, not a new
+    empty storage (for reading studies that should already be somewhere).
     """
     url = expand_env(url or os.environ.get(ENV_VAR) or "")
     if not url:
         return _journal(Path(run_dir) / JOURNAL_NAME)
+    if must_exist:
+        _check_exists(url)
     if "://" not in url:
         if url.endswith(JOURNAL_SUFFIXES):
             return _journal(Path(url).expanduser())
@@ -108,6 +113,15 @@ def open_storage(
             + _allowed()
         )
     return _rdb(url, scheme, _retry_s(retry_s), heartbeat_s, grace_s)
+
+
+def _check_exists(url: str) -> None:
+    if "://" in url and not url.lower().startswith("sqlite:///"):
+        return  # a server: whether it holds the study is asked of it
+    path = Path(url[len("sqlite:///"):] if "://" in url else url).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"storage {url}: no such file; allowed: an existing .journal or SQLite file, "
+                          "or a database URL")
 
 
 def _retry_s(retry_s: float | None) -> float:

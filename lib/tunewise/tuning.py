@@ -30,7 +30,7 @@ from .samplers import describe_pruner, describe_sampler, make_pruner, make_sampl
 from .space import SearchSpace
 from .stoprules import build_stop_rules
 from .storage import open_storage, redact
-from .study import StudyClock, make_identity, open_study
+from .study import StudyClock, make_identity, open_study, record_params
 
 BASELINE_ATTR = "tunewise.baseline"
 SPACE_ATTR = "tunewise.search_space"  # the space a study searches, for the phases after it
@@ -80,8 +80,11 @@ def check(p: dict[str, Any], space: SearchSpace | None = None) -> Checked:
     return Checked(space, sampler, pruner, data, objective)
 
 
-def prepare(p: dict[str, Any], checked: Checked | None = None) -> Prepared:
-    """Everything checked and built, the study created or resumed; nothing trained yet."""
+def prepare(p: dict[str, Any], checked: Checked | None = None, *, record: bool = True) -> Prepared:
+    """Everything checked and built, the study created or resumed; nothing trained yet.
+
+    `record`: keep `p` in the study for workers that join it later (a joining worker
+    passes False, so its machine's overrides do not become the study's)."""
     c = checked or check(p)
     run_dir = Path(p["run_dir"])
     storage = open_storage(p["storage"], run_dir)  # last: nothing is written for refused input
@@ -97,6 +100,8 @@ def prepare(p: dict[str, Any], checked: Checked | None = None) -> Prepared:
         MO.refuse_multi(storage, p["study_name"])
         study = open_study(p["study_name"], storage, identity=identity, sampler=c.sampler, pruner=c.pruner, force=p["force"])
     study.set_user_attr(SPACE_ATTR, c.space.to_dict())
+    if record:
+        record_params(study, p)  # what `tunewise worker` on another machine joins with
     with warnings.catch_warnings():  # experimental in Optuna 5, stable enough for a label
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         # Dashboards label the axis "macro_f1", not "Objective 0".
@@ -134,25 +139,23 @@ def tune(
     `callbacks` are extra Optuna callbacks (a notebook's live chart); `prep` reuses an
     earlier `prepare(p)` (a notebook that showed the study before running it); `baseline`
     is the score to beat when this study has no baseline trial of its own (a focused
-    study warm-started from the quick one is measured against the quick baseline)."""
+    study warm-started from the quick one is measured against the quick baseline).
+    With `workers` > 1 the trials run in that many worker processes (workers.py)."""
+    if p["workers"] > 1:
+        from .workers import run_workers
+
+        # The workers are other processes: the callbacks (a live chart) follow the study
+        # from here instead, called with no trial each time it is polled.
+        progress = (lambda study: [cb(study, None) for cb in callbacks]) if callbacks else None
+        return run_workers(p, p["workers"], p["gpus"] or None, prep=prep, progress=progress, baseline=baseline)
     prep = prep or prepare(p)
     study = prep.study
-    if not study.trials:
-        if p["baseline"]:
-            study.enqueue_trial(baseline_params(prep.space, P.train_settings(p)), user_attrs={BASELINE_ATTR: True})
-        if p["warm_start_from"]:
-            warm_start_from(study, prep.space, p["warm_start_from"], p["warm_start_n"])
+    start_new_study(prep)
     clock = StudyClock(study)
     if MO.is_multi_study(study):
-        rules, notes = MO.stop_rules(p["stop_rules"], elapsed_s=clock.elapsed_s)
-        result = MO.run_multi(study, prep.objective, n_trials=p["n_trials"], timeout=p["timeout"],
-                              callbacks=[*rules, *callbacks], clock=clock, show_progress_bar=show_progress_bar)
-        if p["pruner"] not in (None, "none", {"name": "none"}):
-            notes.append("pruner not used: Optuna cannot prune a multi-objective trial")
-        summary = {**summarize(prep, result, baseline), **MO.summary_extra(study, notes)}
-        write_json_atomic(prep.run_dir / "summary.json", summary)
-        return summary
-    rules = build_stop_rules(p["stop_rules"], elapsed_s=clock.elapsed_s)
+        rules, _ = MO.stop_rules(p["stop_rules"], elapsed_s=clock.elapsed_s)
+    else:
+        rules = build_stop_rules(p["stop_rules"], elapsed_s=clock.elapsed_s)
     result = run_trials(
         study, prep.objective, n_trials=p["n_trials"], timeout=p["timeout"], callbacks=[*rules, *callbacks], clock=clock,
         show_progress_bar=show_progress_bar,
@@ -160,6 +163,18 @@ def tune(
     summary = summarize(prep, result, baseline)
     write_json_atomic(prep.run_dir / "summary.json", summary)
     return summary
+
+
+def start_new_study(prep: Prepared) -> None:
+    """Queue what a study with no trials yet starts with: the baseline (the default
+    settings) and the warm-start trials. Done once, before any trial or worker runs."""
+    study, p = prep.study, prep.params
+    if study.trials:
+        return
+    if p["baseline"]:
+        study.enqueue_trial(baseline_params(prep.space, P.train_settings(p)), user_attrs={BASELINE_ATTR: True})
+    if p["warm_start_from"]:
+        warm_start_from(study, prep.space, p["warm_start_from"], p["warm_start_n"])
 
 
 def summarize(prep: Prepared, result: RunResult, baseline: float | None = None) -> dict[str, Any]:
@@ -193,6 +208,7 @@ def summarize(prep: Prepared, result: RunResult, baseline: float | None = None) 
         "pruner": describe_pruner(p["pruner"]),
         "search_space": prep.space.to_dict(),
         "tunewise_version": __version__,
+        **(MO.summary_extra(study, MO.not_applied(p)) if MO.is_multi_study(study) else {}),
     }
 
 

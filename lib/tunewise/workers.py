@@ -42,7 +42,7 @@ from optuna.trial import FrozenTrial, TrialState
 from . import params as P
 from .atomic import write_json_atomic
 from .errors import ConfigError, TunewiseError
-from .runner import INTERRUPTED, STOP_DETAILS_KEY, STOP_REASON_KEY, RunResult
+from .runner import INTERRUPTED, STOP_DETAILS_KEY, STOP_REASON_KEY, RunResult, best_trial
 from .samplers import describe_sampler, make_sampler
 from .storage import ENV_VAR, JOURNAL_NAME, StorageLost, location, open_storage
 from .study import (
@@ -53,7 +53,6 @@ from .study import (
     WORKER_KEY,
     StudyClock,
     finished_trials,
-    record_params,
     recorded_params,
 )
 
@@ -164,6 +163,8 @@ def run_workers(
     threads: int | None = None,
     poll_s: float = 1.0,
     stop_grace_s: float = STOP_GRACE_S,
+    prep=None,
+    baseline: float | None = None,
 ) -> dict[str, Any]:
     """Run the phase's study with ``n_workers`` processes; returns the study-wide summary
     (tuning.tune's, plus ``workers``: one entry per worker), also written to summary.json.
@@ -171,15 +172,15 @@ def run_workers(
     ``progress(study)`` is called every ``poll_s`` seconds while the workers run;
     ``threads``: CPU threads per worker (default: the cores split evenly). Ctrl-C
     sends each worker one SIGINT (its trial is failed and queued again), waits up to
-    ``stop_grace_s`` and returns the summary with ``interrupted`` true.
+    ``stop_grace_s`` and returns the summary with ``interrupted`` true. ``prep`` reuses
+    an earlier ``tuning.prepare(p)``; ``baseline`` is as in ``tuning.tune``.
     """
     from . import tuning
 
     plans = plan_workers(p, n_workers, gpus, threads)
-    prep = tuning.prepare(p)
+    prep = prep or tuning.prepare(p)
     study = prep.study
-    start_new_study(prep)
-    record_params(study, p)
+    tuning.start_new_study(prep)
     clock = StudyClock(study)
     workers: list[_Worker] = []
     interrupted = False
@@ -204,26 +205,10 @@ def run_workers(
     described = [_describe(w, study) for w in workers]
     result = _study_result(study, workers, clock, p["n_trials"], interrupted,
                            ran=sum(d["trials_run"] for d in described))
-    summary = tuning.summarize(prep, result)
+    summary = tuning.summarize(prep, result, baseline)
     summary["workers"] = described
     write_json_atomic(prep.run_dir / "summary.json", summary)
     return summary
-
-
-def start_new_study(prep) -> None:
-    """What tuning.tune does for a study with no trials yet: queue the baseline (default
-    settings) and the warm-start trials. Done once, before any worker starts."""
-    from . import tuning
-    from .warmstart import warm_start_from
-
-    study, p = prep.study, prep.params
-    if study.trials:
-        return
-    if p["baseline"]:
-        study.enqueue_trial(tuning.baseline_params(prep.space, P.train_settings(p)),
-                            user_attrs={tuning.BASELINE_ATTR: True})
-    if p.get("warm_start_from"):
-        warm_start_from(study, prep.space, p["warm_start_from"], p["warm_start_n"])
 
 
 def _spawn(p: dict[str, Any], study_name: str, plan: WorkerPlan, log_dir: Path) -> _Worker:
@@ -231,7 +216,7 @@ def _spawn(p: dict[str, Any], study_name: str, plan: WorkerPlan, log_dir: Path) 
     result = log_dir / f"worker-{plan.index}.json"
     result.unlink(missing_ok=True)
     run_dir = str(Path(p["run_dir"]).resolve())
-    overrides = {"run_dir": run_dir}
+    overrides = {"run_dir": run_dir, "workers": 1}
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     # The storage travels in the environment, not on the command line others can read.
     env[ENV_VAR] = p["storage"] or os.environ.get(ENV_VAR) or str(Path(run_dir) / JOURNAL_NAME)
@@ -382,7 +367,7 @@ def _study_result(study: optuna.Study, workers: list[_Worker], clock: StudyClock
     study.set_user_attr(STOP_DETAILS_KEY, details)
     elapsed = max(clock.flush(), float(study.user_attrs.get(ELAPSED_KEY, 0.0)))
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    best = study.best_trial if complete else None
+    best = best_trial(study, complete)
     return RunResult(
         study_name=study.study_name,
         n_finished=finished,
@@ -390,7 +375,7 @@ def _study_result(study: optuna.Study, workers: list[_Worker], clock: StudyClock
         n_pruned=sum(t.state == TrialState.PRUNED for t in trials),
         n_failed=sum(t.state == TrialState.FAIL for t in trials),
         ran_this_run=ran,
-        best_value=best.value if best else None,
+        best_value=best.values[0] if best else None,
         best_params=dict(best.params) if best else None,
         stop_reason=reason,
         stop_details=details,
@@ -412,8 +397,8 @@ class ProgressPrinter:
     def __call__(self, study: optuna.Study) -> None:
         trials = study.get_trials(deepcopy=False)
         count = {s: sum(t.state == s for t in trials) for s in TrialState}
-        complete = [t for t in trials if t.state == TrialState.COMPLETE]
-        best = "" if not complete else "; best {:.4f} (trial {})".format(study.best_value, study.best_trial.number)
+        top = best_trial(study, [t for t in trials if t.state == TrialState.COMPLETE])
+        best = "" if top is None else f"; best {top.values[0]:.4f} (trial {top.number})"
         line = (f"[{count[TrialState.COMPLETE] + count[TrialState.PRUNED]}/{self._n_trials} finished] "
                 f"{count[TrialState.COMPLETE]} complete, {count[TrialState.PRUNED]} pruned, "
                 f"{count[TrialState.FAIL]} failed, {count[TrialState.RUNNING]} running{best}")
@@ -453,10 +438,12 @@ def join_study(
     if not url:
         raise ConfigError("worker: no storage given; allowed: --storage URL (e.g. "
                           "postgresql://USER:${PASSWORD}@HOST/DB or a .journal file) or $TUNEWISE_STORAGE")
-    study = _load_study(study_name, open_storage(url, "."))
+    study = _load_study(study_name, open_storage(url, ".", must_exist=True))
     overrides = dict(overrides or {})
-    p = P.resolve(overrides={**recorded_params(study), "storage": storage_url, "force": False, **overrides})
-    prep = tuning.prepare(p)
+    # One worker, headless; the study's recorded parameters under this machine's overrides.
+    p = P.resolve(overrides={**recorded_params(study), "storage": storage_url, "force": False,
+                             "interactive": False, **overrides, "workers": 1})
+    prep = tuning.prepare(p, record=False)  # the study's parameters stay the starter's
     prep.study.sampler = _worker_sampler(p, prep.study, worker)
     extra = list(callbacks or [])
     if parent_pid:
@@ -538,7 +525,7 @@ def merge_studies(
     for name, url in sources:
         if not url:
             raise ConfigError(f"merge: no storage given for study {name!r}; allowed: a storage URL or .journal file")
-        loaded.append(_load_study(name, open_storage(url, ".")))
+        loaded.append(_load_study(name, open_storage(url, ".", must_exist=True)))
     if not target_storage:
         raise ConfigError("merge: no target storage; allowed: a storage URL or .journal file")
     storage = open_storage(target_storage, ".")
