@@ -107,3 +107,21 @@ def test_bad_worker_input_is_one_line_before_anything_runs(tmp_path, capsys, mon
     err = capsys.readouterr().err
     assert code == 2 and message in err and len(err.splitlines()) == 1, err
     assert not (tmp_path / "r").exists() and not (tmp_path / "missing.journal").exists()
+
+
+def test_the_live_chart_follows_the_workers(tmp_path):
+    """What the quick notebook does with workers > 1: its LiveChart, given to tune as a
+    callback, is redrawn from the parent process while two workers fill the study."""
+    from tunewise import params as P
+    from tunewise.charts import LiveChart
+    from tunewise.tuning import tune
+
+    p = P.resolve(overrides={"run_dir": str(tmp_path), "epochs": 1, "batch_size": 64, "hflip": False, "pruner": "none",
+                             "n_trials": 3, "workers": 2, "search_space": {"lr": {"type": "float", "low": 1.0e-4,
+                                                                                  "high": 1.0e-2, "log": True}}})
+    live = LiveChart(p["n_trials"], widget=False)
+    summary = tune(p, callbacks=[live])
+    assert summary["n_finished"] == 3 and len(summary["workers"]) == 2
+    assert live.finished == 3 and live.progress.value == 3
+    points = sum(len(trace.x or ()) for trace in live.figure().data if trace.mode == "markers")
+    assert points == 3
