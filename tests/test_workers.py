@@ -253,8 +253,8 @@ def test_a_worker_that_cannot_reach_the_storage_fails_fast_with_one_clear_line(t
     assert time.monotonic() - start < 10
     assert "cannot open storage postgresql://tw:***@127.0.0.1" in str(info.value)
 
-    with pytest.raises(SetupError, match="cannot open journal storage"):
-        join_study("quick", "/proc/tunewise/study.journal")
+    with pytest.raises(ConfigError, match="storage /proc/tunewise/study.journal: no such file"):
+        join_study("quick", "/proc/tunewise/study.journal")  # joining never creates a storage
 
     # As a process, what `tunewise worker --study quick --storage URL` runs.
     start = time.monotonic()

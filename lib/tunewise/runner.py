@@ -457,6 +457,13 @@ def _finish(
 ) -> RunResult:
     elapsed = clock.flush()
     _record_stop(study, reason, details)
+    return study_result(study, reason, details, ran=started, elapsed_s=elapsed, run_wall_s=clock.run_wall_s(),
+                        interrupted=interrupted)
+
+
+def study_result(study: optuna.Study, reason: str, details: dict[str, Any], *, ran: int, elapsed_s: float,
+                 run_wall_s: float, interrupted: bool = False) -> RunResult:
+    """The RunResult of ``study`` as it stands, for a run that started ``ran`` trials."""
     trials = study.get_trials(deepcopy=False)
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     best = best_trial(study, complete)
@@ -466,12 +473,12 @@ def _finish(
         n_complete=len(complete),
         n_pruned=sum(t.state == TrialState.PRUNED for t in trials),
         n_failed=sum(t.state == TrialState.FAIL for t in trials),
-        ran_this_run=started,
+        ran_this_run=ran,
         best_value=best.values[0] if best else None,
         best_params=dict(best.params) if best else None,
         stop_reason=reason,
         stop_details=details,
-        elapsed_s=elapsed,
-        run_wall_s=clock.run_wall_s(),
+        elapsed_s=elapsed_s,
+        run_wall_s=run_wall_s,
         interrupted=interrupted,
     )

@@ -42,7 +42,7 @@ from optuna.trial import FrozenTrial, TrialState
 from . import params as P
 from .atomic import write_json_atomic
 from .errors import ConfigError, TunewiseError
-from .runner import INTERRUPTED, STOP_DETAILS_KEY, STOP_REASON_KEY, RunResult, best_trial
+from .runner import INTERRUPTED, STOP_DETAILS_KEY, STOP_REASON_KEY, RunResult, best_trial, study_result
 from .samplers import describe_sampler, make_sampler
 from .storage import ENV_VAR, JOURNAL_NAME, StorageLost, location, open_storage
 from .study import (
@@ -366,23 +366,8 @@ def _study_result(study: optuna.Study, workers: list[_Worker], clock: StudyClock
     study.set_user_attr(STOP_REASON_KEY, reason)
     study.set_user_attr(STOP_DETAILS_KEY, details)
     elapsed = max(clock.flush(), float(study.user_attrs.get(ELAPSED_KEY, 0.0)))
-    complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    best = best_trial(study, complete)
-    return RunResult(
-        study_name=study.study_name,
-        n_finished=finished,
-        n_complete=len(complete),
-        n_pruned=sum(t.state == TrialState.PRUNED for t in trials),
-        n_failed=sum(t.state == TrialState.FAIL for t in trials),
-        ran_this_run=ran,
-        best_value=best.values[0] if best else None,
-        best_params=dict(best.params) if best else None,
-        stop_reason=reason,
-        stop_details=details,
-        elapsed_s=elapsed,
-        run_wall_s=clock.run_wall_s(),
-        interrupted=interrupted,
-    )
+    return study_result(study, reason, details, ran=ran, elapsed_s=elapsed, run_wall_s=clock.run_wall_s(),
+                        interrupted=interrupted)
 
 
 class ProgressPrinter:
