@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -39,6 +37,8 @@ from tunewise.study import (
     open_study,
 )
 from tunewise.tuning import BASELINE_ATTR
+
+from test_storage import _closed_port
 from tunewise.workers import (
     ORIGIN_KEY,
     WorkerPlan,
@@ -237,12 +237,6 @@ def test_ctrl_c_stops_every_worker_cleanly_and_a_failed_worker_is_reported(tmp_p
     assert all(t.user_attrs[FAIL_REASON_KEY] == "interrupted" for t in interrupted)
     queued = study.get_trials(states=(TrialState.WAITING,))
     assert sorted(t.user_attrs[RETRY_OF_KEY] for t in queued) == sorted(t.number for t in interrupted)
-
-
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_a_worker_that_cannot_reach_the_storage_fails_fast_with_one_clear_line(tmp_path):
