@@ -30,6 +30,9 @@ test: $(STAMP) $(if $(findstring not browser,$(PYTEST_ARGS)),,browser)
 bench: $(STAMP)
 	$(PY) benchmarks/cache.py
 	$(PY) benchmarks/stop_rules.py
+	$(PY) benchmarks/postmortem.py
+	$(PY) benchmarks/workers.py --trials 40 --epochs 4
+	$(PY) benchmarks/phases.py
 
 clean:
 	rm -rf runs .pytest_cache tests/artifacts
