@@ -244,7 +244,7 @@ def test_quick_notebook_in_jupyterlab_widgets_live_chart_progress(chromium, lab,
         labels_seen: list[str] = []
         started = time.monotonic()
         deadline = started + 90
-        while True:
+        def look() -> None:
             n = out.locator(".js-plotly-plot .scatterlayer .trace .points path").count()
             if not points_seen or points_seen[-1] != n:
                 points_seen.append(n)
@@ -252,6 +252,9 @@ def test_quick_notebook_in_jupyterlab_widgets_live_chart_progress(chromium, lab,
             label = [t for t in out.locator(".widget-html-content", has_text="trials").all_inner_texts() if " / " in t]
             if label and (not labels_seen or labels_seen[-1] != label[0]):
                 labels_seen.append(label[0])
+
+        while True:
+            look()
             prompts = [_prompt(cells, i) for i in range(search_cell, last + 1)]
             if all(p[1:-2].strip().isdigit() for p in prompts):
                 break  # every cell from the search on has run
@@ -259,7 +262,7 @@ def test_quick_notebook_in_jupyterlab_widgets_live_chart_progress(chromium, lab,
                 break  # nothing queued any more (a cell failed, the rest was not run)
             assert time.monotonic() < deadline, f"the notebook did not finish in 90 s: prompts {prompts}"
             time.sleep(0.15)
-        points_seen.append(out.locator(".js-plotly-plot .scatterlayer .trace .points path").count())
+        look()  # once more after the last cell: the final redraw may land after the last poll
         page.screenshot(path=artifact("lab-notebook-end.png"))
         out.screenshot(path=artifact("lab-live-chart.png"))
         assert not _tracebacks(page), f"a cell failed: {_tracebacks(page)}"
