@@ -37,7 +37,7 @@ from .errors import ConfigError, did_you_mean
 from .models import build_model
 from .objective import Objective
 from .stoprules import DEFAULT_STOP_RULES, RULES, build_stop_rules
-from .study import GUARDED_FIELDS, IDENTITY_KEY
+from .study import IDENTITY_KEY, open_study
 
 # name in params -> (metric name in the study, direction, user attr holding it)
 OBJECTIVES: dict[str, tuple[str, str, str]] = {
@@ -174,8 +174,8 @@ class MultiObjective(Objective):
 
 def open_multi_study(name: str, storage, *, objectives: Sequence[str], identity: dict[str, Any],
                      sampler=None, force: bool = False) -> optuna.Study:
-    """Create or resume multi-objective study `name`; refuse one made for other objectives
-    (or a single-objective one), and a resume for another setup unless `force`."""
+    """Create or resume multi-objective study `name`; refuse one made for other objectives,
+    and (as study.open_study does for any study) a resume for another setup unless `force`."""
     if name in optuna.get_all_study_names(storage):
         existing = optuna.load_study(study_name=name, storage=storage)
         stored = (existing.user_attrs.get(IDENTITY_KEY) or {}).get("objectives") or ["f1"]
@@ -183,19 +183,8 @@ def open_multi_study(name: str, storage, *, objectives: Sequence[str], identity:
             raise ConfigError(
                 f"study {name!r} optimizes {stored} and cannot be resumed with objectives {list(objectives)}: "
                 "Optuna cannot change a study's objectives; use a new study name")
-    study = optuna.create_study(study_name=name, storage=storage, directions=directions(objectives),
-                                sampler=sampler, load_if_exists=True)
-    new = {**identity, "objectives": list(objectives), "direction": ",".join(directions(objectives))}
-    old = study.user_attrs.get(IDENTITY_KEY)
-    conflicts = {k: (old.get(k), new.get(k)) for k in GUARDED_FIELDS if old and k in old and old.get(k) != new.get(k)}
-    if conflicts and not force:
-        lines = "\n".join(f"  {k}: {a!r} -> {b!r}" for k, (a, b) in sorted(conflicts.items()))
-        raise ConfigError(f"study {name!r} was made for a different setup, so its trials are not comparable "
-                          f"with this run:\n{lines}\nTo resume it anyway pass force=True (CLI: --force); "
-                          "to keep both, use a new study name.")
-    if old != new:
-        study.set_user_attr(IDENTITY_KEY, new)
-    return study
+    return open_study(name, storage, directions=directions(objectives), sampler=sampler, force=force,
+                      identity={**identity, "objectives": list(objectives)})
 
 
 def refuse_multi(storage, name: str) -> None:

@@ -83,6 +83,7 @@ def open_study(
     storage: optuna.storages.BaseStorage,
     *,
     direction: str = "maximize",
+    directions: list[str] | None = None,
     identity: dict[str, Any],
     sampler: optuna.samplers.BaseSampler | None = None,
     pruner: optuna.pruners.BasePruner | None = None,
@@ -90,30 +91,32 @@ def open_study(
 ) -> optuna.Study:
     """Create study ``name`` or resume it, refusing (ConfigError) a resume for another setup.
 
+    ``directions`` (one per objective) makes a multi-objective study instead of ``direction``.
     A change of phase or tunewise version is recorded, never refused. A change of a
-    GUARDED_FIELDS value is refused unless ``force``; the stored direction can never change.
+    GUARDED_FIELDS value is refused unless ``force``; the stored directions can never change.
     """
     if not name:
         raise ConfigError("study name is empty: give each study a name so it can be resumed")
-    if direction not in DIRECTIONS:
-        raise ConfigError(
-            f"direction {direction!r} is not allowed{did_you_mean(direction, DIRECTIONS)}; "
-            f"use one of {', '.join(DIRECTIONS)}"
-        )
-    new = _as_stored({**identity, "direction": direction, "tunewise_version": __version__})
+    wanted = list(directions) if directions else [direction]
+    for d in wanted:
+        if d not in DIRECTIONS:
+            raise ConfigError(
+                f"direction {d!r} is not allowed{did_you_mean(d, DIRECTIONS)}; use one of {', '.join(DIRECTIONS)}"
+            )
+    new = _as_stored({**identity, "direction": ",".join(wanted), "tunewise_version": __version__})
     study = optuna.create_study(
         study_name=name,
         storage=storage,
-        direction=direction,
+        directions=wanted,
         sampler=sampler,
         pruner=pruner,
         load_if_exists=True,
     )
-    stored_direction = study.direction.name.lower()
-    if stored_direction != direction:
+    stored = [d.name.lower() for d in study.directions]
+    if stored != wanted:
         raise ConfigError(
-            f"study {name!r} was created to {stored_direction} and cannot be resumed to "
-            f"{direction}: Optuna cannot change a study's direction; use a new study name"
+            f"study {name!r} was created to {', '.join(stored)} and cannot be resumed to "
+            f"{', '.join(wanted)}: Optuna cannot change a study's direction; use a new study name"
         )
     _check_identity(study, new, force)
     return study
