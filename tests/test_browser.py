@@ -163,10 +163,10 @@ def test_report_charts_draw_offline_from_a_file(chromium, phase, pipeline_run):
 # --- JupyterLab with the widgets ------------------------------------------------------
 
 
-def _smoke_notebook(path: Path) -> nbformat.NotebookNode:
+def _smoke_notebook(path: Path, extra: str = "") -> nbformat.NotebookNode:
     nb = nbformat.read(ROOT / "notebooks" / "quick.ipynb", as_version=4)
     cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
-    cell.source = SMOKE_PARAMETERS
+    cell.source = SMOKE_PARAMETERS + extra
     nbformat.write(nb, path)
     return nb
 
@@ -193,9 +193,16 @@ def _prompt(cells, i: int) -> str:
     return cells.nth(i).locator(".jp-InputArea-prompt").inner_text().strip()
 
 
-def test_quick_notebook_in_jupyterlab_widgets_live_chart_progress(chromium, lab, lab_root):
+@pytest.mark.parametrize("workers", [1, 2])
+def test_quick_notebook_in_jupyterlab_widgets_live_chart_progress(chromium, lab, lab_root, workers):
+    """Cell by cell in JupyterLab; with workers=2 the trials run in two worker processes
+    and the same chart and progress bar follow the study from the notebook's kernel."""
     base, token = lab
-    nb = _smoke_notebook(lab_root / "quick.ipynb")
+    n = 3 if workers == 1 else 4  # two workers finish trials in pairs: one more pair to see the chart grow
+    name = "quick.ipynb" if workers == 1 else f"quick-{workers}-workers.ipynb"
+    run = "run" if workers == 1 else f"run-{workers}-workers"
+    shot = "" if workers == 1 else f"-{workers}-workers"  # screenshot names
+    nb = _smoke_notebook(lab_root / name, f'n_trials = {n}\nworkers = {workers}\nrun_dir = "{run}"\n')
     editor_cell, search_cell = _index(nb, "space_editor("), _index(nb, "tw.search(")
     last = len(nb.cells) - 1
 
@@ -203,7 +210,8 @@ def test_quick_notebook_in_jupyterlab_widgets_live_chart_progress(chromium, lab,
     page = context.new_page()
     watch = Watch(page)
     try:
-        page.goto(f"{base}/lab/tree/quick.ipynb?token={token}")
+        # A workspace of its own: only this notebook open (JupyterLab restores earlier tabs).
+        page.goto(f"{base}/lab/workspaces/quick-{workers}/tree/{name}?token={token}&reset")
         cells = page.locator(".jp-NotebookPanel .jp-Notebook .jp-Cell")
         cells.nth(last).wait_for(timeout=60_000)
         page.locator(".jp-NotebookPanel .jp-Toolbar-kernelName", has_text="Python 3").wait_for(timeout=60_000)
@@ -214,7 +222,7 @@ def test_quick_notebook_in_jupyterlab_widgets_live_chart_progress(chromium, lab,
         try:
             editor.wait_for(timeout=60_000)
         except Exception:
-            page.screenshot(path=artifact("lab-no-editor.png"))
+            page.screenshot(path=artifact(f"lab-no-editor{shot}.png"))
             raise AssertionError(f"no search-space editor; errors shown: {_tracebacks(page)}") from None
         lr_row = editor.locator(".widget-hbox", has_text="lr").first
         batch = editor.locator(".widget-hbox", has_text="batch_size").locator("select[multiple]")
@@ -224,7 +232,7 @@ def test_quick_notebook_in_jupyterlab_widgets_live_chart_progress(chromium, lab,
         assert batch.evaluate("s => [...s.selectedOptions].map(o => o.textContent)") == ["32", "64"]
         assert status.inner_text().startswith("2 searched, 0 fixed")
         before = status.inner_text()
-        editor.screenshot(path=artifact("lab-editor-before.png"))
+        editor.screenshot(path=artifact(f"lab-editor-before{shot}.png"))
 
         # Move the lr slider's upper handle a decade down, keep only batch size 64.
         upper = lr_row.locator(".noUi-handle-upper")
@@ -235,7 +243,7 @@ def test_quick_notebook_in_jupyterlab_widgets_live_chart_progress(chromium, lab,
         page.wait_for_function("([el, old]) => el.textContent !== old", arg=[status.element_handle(), before], timeout=10_000)
         assert readout.inner_text() == "0.0001-0.001"
         assert batch.evaluate("s => [...s.selectedOptions].map(o => o.textContent)") == ["64"]
-        editor.screenshot(path=artifact("lab-editor-after.png"))
+        editor.screenshot(path=artifact(f"lab-editor-after{shot}.png"))
 
         # The rest, watching the live chart and the progress bar while the trials run.
         _run_from(page, cells, editor_cell + 1, last - editor_cell)
@@ -263,21 +271,23 @@ def test_quick_notebook_in_jupyterlab_widgets_live_chart_progress(chromium, lab,
             assert time.monotonic() < deadline, f"the notebook did not finish in 90 s: prompts {prompts}"
             time.sleep(0.15)
         look()  # once more after the last cell: the final redraw may land after the last poll
-        page.screenshot(path=artifact("lab-notebook-end.png"))
-        out.screenshot(path=artifact("lab-live-chart.png"))
+        page.screenshot(path=artifact(f"lab-notebook-end{shot}.png"))
+        out.screenshot(path=artifact(f"lab-live-chart{shot}.png"))
         assert not _tracebacks(page), f"a cell failed: {_tracebacks(page)}"
         assert _prompt(cells, last)[1:-2].strip().isdigit(), "the last cell did not run"
 
         # The live chart: a point per finished trial, added as they finished.
-        assert points_seen[-1] == 3, f"live chart points over time: {points_seen}"
+        assert points_seen[-1] == n, f"live chart points over time: {points_seen}"
         assert points_seen == sorted(points_seen), f"live chart lost points: {points_seen}"
-        assert len({n for n in points_seen if 0 < n < 3}) >= 1, f"the chart did not grow trial by trial: {points_seen}"
+        assert len({k for k in points_seen if 0 < k < n}) >= 1, f"the chart did not grow trial by trial: {points_seen}"
         # The progress bar at the end, with its label.
         bar = out.locator(".widget-hprogress .progress-bar")
         assert bar.evaluate("b => b.style.width") == "100%"
-        assert out.locator(".widget-html-content", has_text="3 / 3 trials").count() == 1
+        assert out.locator(".widget-html-content", has_text=f"{n} / {n} trials").count() == 1
         finished = [int(text.split(" / ")[0]) for text in labels_seen]
-        assert finished == sorted(finished) and finished[-1] == 3 and len(finished) >= 2, labels_seen
+        assert finished == sorted(finished) and finished[-1] == n and len(finished) >= 2, labels_seen
+        if workers > 1:
+            assert out.locator("caption", has_text=f"{workers} workers filled the study together").count() == 1
         # The final static charts render as plotly in JupyterLab too.
         charts = cells.nth(_index(nb, "final_charts(")).locator(".js-plotly-plot .main-svg g.trace")
         assert charts.count() >= 2
@@ -286,13 +296,14 @@ def test_quick_notebook_in_jupyterlab_widgets_live_chart_progress(chromium, lab,
         context.close()
 
     # The study searched what the sliders said.
-    storage = open_storage(str(lab_root / "run" / "study.journal"), lab_root / "run")
+    storage = open_storage(str(lab_root / run / "study.journal"), lab_root / run)
     study = optuna.load_study(study_name="browser", storage=storage)
     assert study.user_attrs[SPACE_ATTR] == {"lr": NARROWED_LR, "batch_size": {"type": "categorical", "choices": [64]}}
-    assert len(study.trials) == 3 and all(t.state.name == "COMPLETE" for t in study.trials)
+    assert len(study.trials) == n and all(t.state.name == "COMPLETE" for t in study.trials)
+    assert len({t.user_attrs["tunewise.worker"]["pid"] for t in study.trials}) == workers
     for t in study.trials:
         assert 1.0e-4 <= t.params["lr"] <= 1.0e-3 and t.params["batch_size"] == 64, t.params
-    assert json.loads((lab_root / "run" / "summary.json").read_text())["n_finished"] == 3
+    assert json.loads((lab_root / run / "summary.json").read_text())["n_finished"] == n
 
 
 # --- jupyterlab-optuna ----------------------------------------------------------------
