@@ -35,7 +35,9 @@ def test_run_quick_with_two_workers_fills_one_multi_objective_study(tmp_path, ca
     out = tmp_path / "run"
     code = main(["run", "quick", *SMALL, "--set", "n_trials=4", "--set", "objectives=[f1, params]",
                  "--set", "sampler=random", "--workers", "2", "--out", str(out)])
-    assert code == 0, capsys.readouterr()
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    assert "[quick] [4/4 finished] 4 complete, 0 pruned, 0 failed, 0 running; best" in printed  # progress
     summary = json.loads((out / "summary.json").read_text())
     assert summary["n_finished"] == 4 and summary["stop_reason"] == "budget"
     assert [w["exit_code"] for w in summary["workers"]] == [0, 0]

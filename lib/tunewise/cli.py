@@ -232,12 +232,12 @@ def _run(args) -> int:
         return 130 if summary["interrupted"] else 0
     if args.command == "run":
         p = phase_params(args.phase, args.params, overrides)
-        run = run_phase(args.phase, p)
+        run = run_phase(args.phase, p, progress=True)
         _report(run)
         return 0 if run.ok else 1
     file = DEMO_PARAMS if args.command == "demo" else args.params
     out = Path(overrides.pop("run_dir", None) or ("runs/demo" if args.command == "demo" else P.resolve(file)["run_dir"]))
-    runs = pipeline(file, overrides, out)
+    runs = pipeline(file, overrides, out, progress=True)
     for run in runs:
         _report(run)
     print(f"index: {out / 'index.html'}")

@@ -10,7 +10,9 @@ import html
 import json
 import logging
 import os
+import threading
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -74,8 +76,53 @@ def _error_lines(exc: pm.PapermillExecutionError) -> str:
     return f"cell {exc.exec_count}: {exc.ename}: {exc.evalue}"
 
 
-def run_phase(phase: str, p: dict[str, Any], *, log_output: bool = False) -> PhaseRun:
-    """Execute the phase notebook with parameters `p` into p['run_dir']."""
+class StudyWatch:
+    """Prints a study's progress from this process while a notebook kernel (and perhaps
+    its workers) runs it: one line whenever the counts change, polled every ``every_s``.
+    A courtesy view: it never fails the run, and it creates no storage."""
+
+    def __init__(self, phase: str, p: dict[str, Any], every_s: float = 5.0) -> None:
+        from .workers import ProgressPrinter
+
+        self._p = p
+        self._every_s = every_s
+        self._printer = ProgressPrinter(p["n_trials"], prefix=f"[{phase}] ")
+        self._study = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="tunewise-study-watch", daemon=True)
+
+    def __enter__(self) -> "StudyWatch":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.poll()  # the final counts
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self._every_s):
+            self.poll()
+
+    def poll(self) -> None:
+        import optuna
+
+        from .storage import open_storage
+
+        try:
+            if self._study is None:
+                storage = open_storage(self._p["storage"], self._p["run_dir"], must_exist=True)
+                if self._p["study_name"] not in optuna.get_all_study_names(storage):
+                    return
+                self._study = optuna.load_study(study_name=self._p["study_name"], storage=storage)
+            self._printer(self._study)
+        except Exception:  # not there yet, or unreadable for a moment: the next poll tries again
+            pass
+
+
+def run_phase(phase: str, p: dict[str, Any], *, log_output: bool = False, progress: bool = False) -> PhaseRun:
+    """Execute the phase notebook with parameters `p` into p['run_dir']; with `progress`,
+    print the study's progress while it runs (quick and focused)."""
     notebook = notebook_for(phase)
     precheck(phase, p)
     out = Path(p["run_dir"])
@@ -89,11 +136,13 @@ def run_phase(phase: str, p: dict[str, Any], *, log_output: bool = False) -> Pha
     # Every tunewise parameter is injected (the notebook picks what it uses), so papermill's
     # "unknown parameter" warnings would only be noise.
     papermill_log.setLevel(logging.ERROR)
+    watch = StudyWatch(phase, p) if progress and phase in ("quick", "focused") else nullcontext()
     try:
-        pm.execute_notebook(
-            str(notebook), str(partial), parameters=p, cwd=os.getcwd(), kernel_name="python3",
-            progress_bar=False, log_output=log_output, request_save_on_cell_execute=False,
-        )
+        with watch:
+            pm.execute_notebook(
+                str(notebook), str(partial), parameters=p, cwd=os.getcwd(), kernel_name="python3",
+                progress_bar=False, log_output=log_output, request_save_on_cell_execute=False,
+            )
     except pm.PapermillExecutionError as exc:
         error = _error_lines(exc)
     finally:
@@ -110,7 +159,7 @@ def run_phase(phase: str, p: dict[str, Any], *, log_output: bool = False) -> Pha
     return PhaseRun(phase, not error, final, html_path, summary, wall, error, skipped=bool(summary and summary.get("skipped")))
 
 
-def pipeline(file: str | Path | None, overrides: dict[str, Any], out: Path) -> list[PhaseRun]:
+def pipeline(file: str | Path | None, overrides: dict[str, Any], out: Path, *, progress: bool = False) -> list[PhaseRun]:
     """quick, then focused (whose notebook shows the gate and skips its search when the
     quick gain was not worth it), then validate, then post-mortem; one run folder with
     a sub-folder per phase, one shared study storage, and an index page."""
@@ -134,7 +183,7 @@ def pipeline(file: str | Path | None, overrides: dict[str, Any], out: Path) -> l
     for phase, p in zip(P.PHASES, all_params):
         precheck(phase, p)  # every phase's input checked before the first one runs
     for phase, p in zip(P.PHASES, all_params):
-        run = run_phase(phase, p)
+        run = run_phase(phase, p, progress=progress)
         runs.append(run)
         write_index(out, runs)
         if not run.ok:

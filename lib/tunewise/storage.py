@@ -96,9 +96,7 @@ def open_storage(
     ``must_exist``: a journal or SQLite file that is not there is a ConfigError, not a new
     empty storage (for reading studies that should already be somewhere).
     """
-    url = expand_env(url or os.environ.get(ENV_VAR) or "")
-    if not url:
-        return _journal(Path(run_dir) / JOURNAL_NAME)
+    url = expand_env(url or os.environ.get(ENV_VAR) or "") or str(Path(run_dir) / JOURNAL_NAME)
     if must_exist:
         _check_exists(url)
     if "://" not in url:

@@ -371,12 +371,14 @@ def _study_result(study: optuna.Study, workers: list[_Worker], clock: StudyClock
 
 
 class ProgressPrinter:
-    """A ``progress`` for run_workers that prints one line whenever the study's counts
-    change: ``[12/100 finished] 9 complete, 3 pruned, 1 failed, 4 running; best 0.9123 (trial 7)``."""
+    """A ``progress`` for run_workers (or anything following a study) that prints one line
+    whenever the study's counts change, after ``prefix``:
+    ``[12/100 finished] 9 complete, 3 pruned, 1 failed, 4 running; best 0.9123 (trial 7)``."""
 
-    def __init__(self, n_trials: int, stream=None) -> None:
+    def __init__(self, n_trials: int, stream=None, prefix: str = "") -> None:
         self._n_trials = n_trials
         self._stream = stream
+        self._prefix = prefix
         self._last = ""
 
     def __call__(self, study: optuna.Study) -> None:
@@ -384,7 +386,7 @@ class ProgressPrinter:
         count = {s: sum(t.state == s for t in trials) for s in TrialState}
         top = best_trial(study, [t for t in trials if t.state == TrialState.COMPLETE])
         best = "" if top is None else f"; best {top.values[0]:.4f} (trial {top.number})"
-        line = (f"[{count[TrialState.COMPLETE] + count[TrialState.PRUNED]}/{self._n_trials} finished] "
+        line = (f"{self._prefix}[{count[TrialState.COMPLETE] + count[TrialState.PRUNED]}/{self._n_trials} finished] "
                 f"{count[TrialState.COMPLETE]} complete, {count[TrialState.PRUNED]} pruned, "
                 f"{count[TrialState.FAIL]} failed, {count[TrialState.RUNNING]} running{best}")
         if line != self._last:
