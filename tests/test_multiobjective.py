@@ -131,6 +131,12 @@ def test_a_small_multi_model_multi_objective_study(tmp_path):
     assert [s.study_name for s in tw.postmortem_studies(p)] == ["single"]
     assert [s.study_name for s in tw.pareto_studies(p)] == ["pareto"]
     tw.show_pareto(tw.pareto_studies(p), p)  # draws, does not raise
+    summary = tw.postmortem_summary(p, tw.postmortem_studies(p))
+    [front] = summary["pareto"]
+    assert front["study"] == "pareto" and len(front["front"]) == len(MO.pareto_front(study))
+    assert front["best_under_limits"].startswith("Best macro-F1 within 1000 ms per image:")
+    assert summary["headline"] == f"1 studies; best macro-F1 {summary['studies'][0]['best_value']:.4f} in single; " \
+        f"pareto: {len(front['front'])} trials on the Pareto front"
     assert "No gate for a multi-objective study" in tw.verdict(study, p).data
     with pytest.raises(ConfigError, match="is multi-objective: the focused phase narrows around one best value"):
         tw.focus({**p, "source_study": "pareto"})

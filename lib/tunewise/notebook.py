@@ -438,11 +438,19 @@ def show_warm_starts(studies: list[optuna.Study]) -> HTML:
 
 
 def postmortem_summary(p: dict[str, Any], studies: list[optuna.Study]) -> dict[str, Any]:
+    """The post-mortem's summary.json: each single-objective study in `studies`, the phase
+    table, and each multi-objective study's front with the best macro-F1 within the limits."""
     rows = postmortem.phase_table(studies)
     best = max((r for r in rows if r["best"] is not None), key=lambda r: r["best"], default=None)
+    limits = (p["max_latency_ms"] or None, p["max_params"] or None)
+    fronts = [{"study": s.study_name, "front": MO.pareto_rows(s), "best_under_limits": MO.answer(s, *limits)}
+              for s in pareto_studies(p)]
+    headline = [f"{len(studies)} studies; best macro-F1 {best['best']:.4f} in {best['study']}" if best
+                else f"{len(studies)} studies, none complete"] if studies or not fronts else []
+    headline += [f"{f['study']}: {len(f['front'])} trials on the Pareto front" for f in fronts]
     summary = {
         "phase": p["phase"], "studies": [postmortem.summarize_study(s) for s in studies], "phase_table": rows,
-        "headline": (f"{len(studies)} studies; best macro-F1 {best['best']:.4f} in {best['study']}" if best else f"{len(studies)} studies, none complete"),
+        "pareto": fronts, "headline": "; ".join(headline),
     }
     write_summary(p, summary)
     return summary
