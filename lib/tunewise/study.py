@@ -43,6 +43,7 @@ RETRIES_KEY = "tunewise.retries"
 FAIL_REASON_KEY = "fail_reason"
 WORKER_DIED = "worker died"
 PARAMS_KEY = "tunewise.params"
+SPACE_ATTR = "tunewise.search_space"  # the space a study searches, for the phases after it
 # Never recorded in the study: the storage URL may hold a password, and where the study
 # lives is what a joining worker is told, not what it reads.
 UNRECORDED_PARAMS = ("storage",)

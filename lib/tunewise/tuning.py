@@ -30,10 +30,9 @@ from .samplers import describe_pruner, describe_sampler, make_pruner, make_sampl
 from .space import SearchSpace
 from .stoprules import build_stop_rules
 from .storage import open_storage, redact
-from .study import StudyClock, make_identity, open_study, record_params
+from .study import SPACE_ATTR, StudyClock, make_identity, open_study, record_params
 
 BASELINE_ATTR = "tunewise.baseline"
-SPACE_ATTR = "tunewise.search_space"  # the space a study searches, for the phases after it
 METRIC = "macro_f1"
 
 

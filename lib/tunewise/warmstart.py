@@ -20,11 +20,10 @@ from optuna.trial import FrozenTrial, TrialState
 from .errors import ConfigError, did_you_mean
 from .narrow import LINEAGE_ATTR, WARM_START_ATTR, best_complete, warm_start
 from .space import SearchSpace
-from .study import IDENTITY_KEY
+from .study import IDENTITY_KEY, SPACE_ATTR
 
 AUTO = "auto"  # the studies recorded on the same dataset
 FAMILY = "family"  # the studies that trained the same model family
-SPACE_ATTR = "tunewise.search_space"  # as tuning.SPACE_ATTR (not imported: tuning imports this module)
 
 
 def model_family(name: str) -> str:
