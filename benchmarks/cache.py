@@ -30,13 +30,13 @@ import torch
 import torch.nn as nn
 from PIL import Image
 
-from tunewise import cache
-from tunewise.hparams import TrainConfig
-from tunewise.models import build_model, model_norm
-from tunewise.sources import DataSpec, synthetic_images
-from tunewise.splits import train_val_split
-from tunewise.train import evaluate, seed_everything, train_and_evaluate
-from tunewise.batches import Batches
+from tunewise.data import cache
+from tunewise.train.hparams import TrainConfig
+from tunewise.train.models import build_model, model_norm
+from tunewise.data.sources import DataSpec, synthetic_images
+from tunewise.data.splits import train_val_split
+from tunewise.train.loop import evaluate, seed_everything, train_and_evaluate
+from tunewise.data.batches import Batches
 
 
 def write_png_folder(root: Path, n: int, size: int, classes: int) -> None:

@@ -31,9 +31,9 @@ import optuna
 import torch
 
 from tunewise import params as P
-from tunewise.storage import open_storage
-from tunewise.tuning import tune
-from tunewise.warmstart import best_f1, trials_to_reach
+from tunewise.study.storage import open_storage
+from tunewise.phases.tuning import tune
+from tunewise.search.warmstart import best_f1, trials_to_reach
 
 SPACE = {
     "lr": {"type": "float", "low": 1.0e-4, "high": 1.0e-1, "log": True},

@@ -31,8 +31,10 @@ from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState, create_trial
 
-from tunewise import charts, postmortem
-from tunewise.tuning import BASELINE_ATTR
+from tunewise.report import charts
+
+from tunewise.phases import postmortem
+from tunewise.phases.tuning import BASELINE_ATTR
 
 EPOCHS = 5
 DISTRIBUTIONS = {

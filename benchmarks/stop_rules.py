@@ -40,7 +40,7 @@ import numpy as np
 import optuna
 from optuna import terminator
 
-from tunewise.stoprules import NOISE_FLOOR_ATTR, ROI, Budget, NoiseFloor, Plateau, Target
+from tunewise.study.stoprules import NOISE_FLOOR_ATTR, ROI, Budget, NoiseFloor, Plateau, Target
 
 SEED = 0
 BUDGET = 100  # trials per curve: the seed's trial cap

@@ -29,9 +29,9 @@ import optuna
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lib"))
 
 from tunewise import params as P  # noqa: E402
-from tunewise.storage import open_storage  # noqa: E402
-from tunewise.study import FINISHED_STATES  # noqa: E402
-from tunewise.workers import run_workers  # noqa: E402
+from tunewise.study.storage import open_storage  # noqa: E402
+from tunewise.study.identity import FINISHED_STATES  # noqa: E402
+from tunewise.study.workers import run_workers  # noqa: E402
 
 SPACE = {
     "lr": {"type": "float", "low": 1.0e-4, "high": 1.0e-2, "log": True},
@@ -73,7 +73,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="tunewise-bench-workers-") as tmp:
         root = Path(tmp)
         os.environ.setdefault("TUNEWISE_CACHE_DIR", str(root / "cache"))
-        from tunewise.cache import load_images
+        from tunewise.data.cache import load_images
 
         load_images(P.data_spec(phase_params(root / "warm", 1, 1)), None)  # decode once, for both
         print(f"{os.cpu_count()} CPUs, load average before: {os.getloadavg()[0]:.2f}; "

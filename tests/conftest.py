@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tunewise import cache
+from tunewise.data import cache
 
 
 @pytest.fixture(autouse=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tunewise.advice import Situation, advise, checklist
+from tunewise.phases.advice import Situation, advise, checklist
 from tunewise.cli import main
 
 BIG = 20_000

@@ -6,12 +6,12 @@ from __future__ import annotations
 import optuna
 import pytest
 
-from tunewise import cache
+from tunewise.data import cache
 from tunewise.errors import ConfigError
-from tunewise.objective import Objective
-from tunewise.runner import run_trials
-from tunewise.sources import DataSpec
-from tunewise.space import SearchSpace
+from tunewise.train.objective import Objective
+from tunewise.study.runner import run_trials
+from tunewise.data.sources import DataSpec
+from tunewise.search.space import SearchSpace
 
 MULTI = {
     "model": {"type": "categorical", "choices": ["test_convnext", "test_resnet"]},
@@ -51,8 +51,8 @@ def test_every_model_choice_is_checked_up_front(digits):
 def test_three_architectures_end_to_end_through_tune(tmp_path):
     """The issue's space: model over three timm families, drop_path only for convnext."""
     from tunewise import params as P
-    from tunewise.storage import open_storage
-    from tunewise.tuning import prepare, tune
+    from tunewise.study.storage import open_storage
+    from tunewise.phases.tuning import prepare, tune
 
     space = {"model": {"type": "categorical", "choices": ["test_convnext", "test_resnet", "test_vit"]},
              "drop_path": {"type": "float", "low": 0.0, "high": 0.2, "when": {"model": ["test_convnext"]}}}

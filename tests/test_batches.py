@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from tunewise.batches import Augment, Batches
+from tunewise.data.batches import Augment, Batches
 
 
 def _images(n=16, size=8):

@@ -26,8 +26,8 @@ import pytest
 from browser_helpers import ROOT, artifact, browser, chromium_missing, jupyter_lab
 from tunewise import params as P
 from tunewise.cli import main
-from tunewise.storage import open_storage
-from tunewise.tuning import SPACE_ATTR
+from tunewise.study.storage import open_storage
+from tunewise.phases.tuning import SPACE_ATTR
 
 pytestmark = pytest.mark.browser
 

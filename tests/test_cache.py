@@ -7,8 +7,8 @@ import os
 import numpy as np
 import pytest
 
-from tunewise import cache
-from tunewise.sources import DataSpec
+from tunewise.data import cache
+from tunewise.data.sources import DataSpec
 
 
 def _no_decoding(monkeypatch):

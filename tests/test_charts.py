@@ -13,8 +13,8 @@ from nbclient import NotebookClient
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState, create_trial
 
-from tunewise import charts
-from tunewise.tuning import BASELINE_ATTR
+from tunewise.report import charts
+from tunewise.phases.tuning import BASELINE_ATTR
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -210,7 +210,7 @@ def test_live_chart_uses_a_figure_widget_where_anywidget_is_installed():
 
 NOTEBOOK_CELLS = [
     """import optuna
-from tunewise import charts
+from tunewise.report import charts
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 study = optuna.create_study(direction="maximize", study_name="nb")
 widget = charts.LiveChart(4, title="as a widget")

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tunewise import cache, decode
+from tunewise.data import cache, decode
 from tunewise.errors import ConfigError, DataError
-from tunewise.sources import DataSpec, synthetic_images
-from tunewise.splits import kfold_splits, train_val_split
+from tunewise.data.sources import DataSpec, synthetic_images
+from tunewise.data.splits import kfold_splits, train_val_split
 
 from conftest import write_png_folder
 

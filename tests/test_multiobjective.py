@@ -9,12 +9,12 @@ import torch
 from optuna.trial import create_trial
 
 from tunewise import notebook as tw
-from tunewise import objectives as MO
+from tunewise.study import objectives as MO
 from tunewise import params as P
 from tunewise.errors import ConfigError
-from tunewise.models import build_model
-from tunewise.storage import open_storage
-from tunewise.tuning import tune
+from tunewise.train.models import build_model
+from tunewise.study.storage import open_storage
+from tunewise.phases.tuning import tune
 
 F1_LAT_SIZE = ["f1", "latency_ms", "params"]
 TWO_MODELS = {

@@ -11,8 +11,8 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState, create_trial
 
 from tunewise.errors import ConfigError
-from tunewise.narrow import LINEAGE_ATTR, WARM_START_ATTR, best_complete, narrow_space, warm_start
-from tunewise.space import SearchSpace
+from tunewise.search.narrow import LINEAGE_ATTR, WARM_START_ATTR, best_complete, narrow_space, warm_start
+from tunewise.search.space import SearchSpace
 
 SPACE = SearchSpace.from_dict({
     "lr": {"type": "float", "low": 1e-5, "high": 1e-2, "log": True},

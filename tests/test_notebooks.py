@@ -13,7 +13,7 @@ import pytest
 
 from tunewise import params as P
 from tunewise.cli import main
-from tunewise.storage import open_storage
+from tunewise.study.storage import open_storage
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))

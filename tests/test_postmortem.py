@@ -13,8 +13,8 @@ from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState, create_trial
 
-from tunewise import postmortem
-from tunewise.tuning import BASELINE_ATTR
+from tunewise.phases import postmortem
+from tunewise.phases.tuning import BASELINE_ATTR
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

@@ -16,9 +16,9 @@ from optuna.trial import TrialState
 
 import tunewise
 from tunewise.errors import SetupError
-from tunewise.runner import PHASE_KEY, STOP_DETAILS_KEY, STOP_REASON_KEY, max_attempts, run_trials
-from tunewise.storage import open_storage
-from tunewise.study import (
+from tunewise.study.runner import PHASE_KEY, STOP_DETAILS_KEY, STOP_REASON_KEY, max_attempts, run_trials
+from tunewise.study.storage import open_storage
+from tunewise.study.identity import (
     ELAPSED_KEY,
     FAIL_REASON_KEY,
     RETRY_OF_KEY,
@@ -43,9 +43,9 @@ WORKER = """
 import sys, time
 from pathlib import Path
 import optuna
-from tunewise.runner import run_trials
-from tunewise.storage import open_storage
-from tunewise.study import make_identity, open_study
+from tunewise.study.runner import run_trials
+from tunewise.study.storage import open_storage
+from tunewise.study.identity import make_identity, open_study
 
 run_dir, n_trials, sleep_s = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
 optuna.logging.set_verbosity(optuna.logging.CRITICAL)

@@ -7,7 +7,7 @@ import yaml
 from optuna import pruners, samplers
 
 from tunewise.errors import ConfigError
-from tunewise.samplers import (
+from tunewise.search.samplers import (
     PRUNERS,
     SAMPLERS,
     describe_pruner,
@@ -15,7 +15,7 @@ from tunewise.samplers import (
     make_pruner,
     make_sampler,
 )
-from tunewise.space import SearchSpace
+from tunewise.search.space import SearchSpace
 
 pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
 

@@ -9,7 +9,7 @@ import yaml
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
 from tunewise.errors import ConfigError
-from tunewise.space import SearchSpace
+from tunewise.search.space import SearchSpace
 
 EXAMPLE = yaml.safe_load(
     """

@@ -13,7 +13,7 @@ import pytest
 from optuna.trial import TrialState
 
 from tunewise.errors import ConfigError
-from tunewise.stoprules import (
+from tunewise.study.stoprules import (
     DEFAULT_STOP_RULES, NOISE_FLOOR_ATTR, ROI, STOP_DETAILS_ATTR, STOP_REASON_ATTR, Budget,
     FailureGuard, NoiseFloor, Plateau, Target, build_stop_rules, clear_stop_record,
     should_continue_optimization, stop_summary,

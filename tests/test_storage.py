@@ -10,7 +10,7 @@ import optuna
 import pytest
 
 from tunewise.errors import ConfigError, SetupError
-from tunewise.storage import (
+from tunewise.study.storage import (
     ENV_VAR,
     GRACE_PERIOD_S,
     HEARTBEAT_INTERVAL_S,

@@ -13,8 +13,8 @@ from optuna.trial import TrialState
 
 import tunewise
 from tunewise.errors import ConfigError
-from tunewise.storage import open_storage
-from tunewise.study import (
+from tunewise.study.storage import open_storage
+from tunewise.study.identity import (
     ELAPSED_KEY,
     FAIL_REASON_KEY,
     HISTORY_KEY,

@@ -11,14 +11,14 @@ import optuna
 import pytest
 import torch
 
-from tunewise import cache
+from tunewise.data import cache
 from tunewise.errors import ConfigError
-from tunewise.hparams import TrainConfig
-from tunewise.objective import Objective
-from tunewise.runner import run_trials
-from tunewise.sources import DataSpec
-from tunewise.splits import train_val_split
-from tunewise.train import NonFiniteLoss, resolve_device, train_and_evaluate
+from tunewise.train.hparams import TrainConfig
+from tunewise.train.objective import Objective
+from tunewise.study.runner import run_trials
+from tunewise.data.sources import DataSpec
+from tunewise.data.splits import train_val_split
+from tunewise.train.loop import NonFiniteLoss, resolve_device, train_and_evaluate
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ import pytest
 from tunewise import params as P
 from tunewise.cli import main
 from tunewise.errors import ConfigError
-from tunewise.tuning import BASELINE_ATTR, check, prepare, tune
+from tunewise.phases.tuning import BASELINE_ATTR, check, prepare, tune
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL_SPACE = {

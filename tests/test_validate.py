@@ -13,12 +13,14 @@ from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from scipy import stats
 
-from tunewise import cache, params
+from tunewise.data import cache
+
+from tunewise import params
 from tunewise.errors import ConfigError
-from tunewise.sources import DataSpec
-from tunewise.stoprules import noise_floor
-from tunewise.train import NonFiniteLoss, TrainResult
-from tunewise.validate import (
+from tunewise.data.sources import DataSpec
+from tunewise.study.stoprules import noise_floor
+from tunewise.train.loop import NonFiniteLoss, TrainResult
+from tunewise.phases.validate import (
     REAL_GAIN, REAL_LOSS, WITHIN_NOISE, RunDiverged, Validation, compare_paired, compare_unpaired, noise_std,
     save_noise, validate_configs, write_params_file,
 )
@@ -174,7 +176,7 @@ def test_a_bad_winner_writes_nothing(tmp_path):
     ({"folds": 1}, r"folds: 1 is not allowed"),
 ])
 def test_bad_input_fails_before_any_training(digits, monkeypatch, kwargs, message):
-    monkeypatch.setattr("tunewise.validate.train_and_evaluate", pytest.fail)
+    monkeypatch.setattr("tunewise.phases.validate.train_and_evaluate", pytest.fail)
     with pytest.raises(ConfigError, match=rf"^{message}"):
         validate_configs(digits, **{"configs": {"best": MID}, "fixed": FAST, **kwargs})
 
@@ -188,7 +190,7 @@ def recorded_runs(monkeypatch):
         calls.append({"train": set(train_idx.tolist()), "val": set(val_idx.tolist()), "seed": cfg.seed, "lr": cfg.lr})
         return TrainResult(f1=float(len(calls)), accuracy=0.0)
 
-    monkeypatch.setattr("tunewise.validate.train_and_evaluate", record)
+    monkeypatch.setattr("tunewise.phases.validate.train_and_evaluate", record)
     return calls
 
 
@@ -212,6 +214,6 @@ def test_a_diverging_run_names_the_config_and_seed(digits, monkeypatch):
     def diverge(*args, **kwargs):
         raise NonFiniteLoss(1, 3, math.nan)
 
-    monkeypatch.setattr("tunewise.validate.train_and_evaluate", diverge)
+    monkeypatch.setattr("tunewise.phases.validate.train_and_evaluate", diverge)
     with pytest.raises(RunDiverged, match=r"^configs\.best: diverged on seed 42 \(non-finite loss"):
         validate_configs(digits, {"best": MID}, FAST)

@@ -9,8 +9,8 @@ from ipywidgets import FloatRangeSlider, IntRangeSlider, SelectionRangeSlider, S
 from tunewise import params
 from tunewise.errors import ConfigError
 from tunewise.params import SEED_SPACE
-from tunewise.space import SearchSpace
-from tunewise.widgets import SpaceEditor
+from tunewise.search.space import SearchSpace
+from tunewise.report.widgets import SpaceEditor
 
 MIXED = {
     "optimizer": {"type": "categorical", "choices": ["adamw", "sgd"]},

@@ -22,11 +22,12 @@ import pytest
 from optuna.trial import TrialState
 
 import tunewise
-from tunewise import params as P, postmortem
+from tunewise import params as P
+from tunewise.phases import postmortem
 from tunewise.errors import ConfigError, SetupError
-from tunewise.runner import STOP_REASON_KEY, run_trials
-from tunewise.storage import open_storage
-from tunewise.study import (
+from tunewise.study.runner import STOP_REASON_KEY, run_trials
+from tunewise.study.storage import open_storage
+from tunewise.study.identity import (
     FAIL_REASON_KEY,
     PARAMS_KEY,
     RETRY_OF_KEY,
@@ -36,10 +37,10 @@ from tunewise.study import (
     make_identity,
     open_study,
 )
-from tunewise.tuning import BASELINE_ATTR
+from tunewise.phases.tuning import BASELINE_ATTR
 
 from test_storage import _closed_port
-from tunewise.workers import (
+from tunewise.study.workers import (
     ORIGIN_KEY,
     WorkerPlan,
     _describe,
@@ -70,9 +71,9 @@ from pathlib import Path
 if os.environ.get("TW_FAKE_HOST"):
     socket.gethostname = lambda: os.environ["TW_FAKE_HOST"]
 import optuna
-from tunewise.runner import run_trials
-from tunewise.storage import StorageLost, open_storage
-from tunewise.study import make_identity, open_study
+from tunewise.study.runner import run_trials
+from tunewise.study.storage import StorageLost, open_storage
+from tunewise.study.identity import make_identity, open_study
 
 url, n_trials, sleep_s, marks = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), Path(sys.argv[4])
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -252,7 +253,7 @@ def test_a_worker_that_cannot_reach_the_storage_fails_fast_with_one_clear_line(t
 
     # As a process, what `tunewise worker --study quick --storage URL` runs.
     start = time.monotonic()
-    done = subprocess.run([sys.executable, "-m", "tunewise.workers", "--study", "quick", "--storage", url],
+    done = subprocess.run([sys.executable, "-m", "tunewise.study.workers", "--study", "quick", "--storage", url],
                           capture_output=True, text=True, env=_env(), timeout=60)
     assert time.monotonic() - start < 10
     assert done.returncode == 2

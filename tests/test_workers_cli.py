@@ -14,9 +14,9 @@ import pytest
 from optuna.trial import TrialState
 
 from tunewise.cli import main
-from tunewise.storage import open_storage
-from tunewise.study import WORKER_KEY
-from tunewise.workers import ORIGIN_KEY
+from tunewise.study.storage import open_storage
+from tunewise.study.identity import WORKER_KEY
+from tunewise.study.workers import ORIGIN_KEY
 
 from test_workers import _per_gpu_study
 
@@ -115,8 +115,8 @@ def test_the_live_chart_follows_the_workers(tmp_path):
     """What the quick notebook does with workers > 1: its LiveChart, given to tune as a
     callback, is redrawn from the parent process while two workers fill the study."""
     from tunewise import params as P
-    from tunewise.charts import LiveChart
-    from tunewise.tuning import tune
+    from tunewise.report.charts import LiveChart
+    from tunewise.phases.tuning import tune
 
     p = P.resolve(overrides={"run_dir": str(tmp_path), "epochs": 1, "batch_size": 64, "hflip": False, "pruner": "none",
                              "n_trials": 3, "workers": 2, "search_space": {"lr": {"type": "float", "low": 1.0e-4,

@@ -29,16 +29,17 @@ from test_workers import (
     start_worker,
     wait_for,
 )
-from tunewise import params as P, tuning
-from tunewise.runner import run_trials
-from tunewise.study import (
+from tunewise import params as P
+from tunewise.phases import tuning
+from tunewise.study.runner import run_trials
+from tunewise.study.identity import (
     FAIL_REASON_KEY,
     RETRY_OF_KEY,
     WORKER_DIED,
     WORKER_KEY,
     finished_trials,
 )
-from tunewise.workers import join_study
+from tunewise.study.workers import join_study
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 pytestmark = [pytest.mark.filterwarnings("ignore:Heartbeat of storage:UserWarning"),
@@ -156,7 +157,7 @@ def test_a_second_process_joins_a_study_on_postgresql(pg_url, tmp_path):
 
     # "Another machine": only the study's name and storage, as `tunewise worker` is given.
     other = subprocess.Popen(
-        [sys.executable, "-m", "tunewise.workers", "--study", "joined", "--storage", pg_url,
+        [sys.executable, "-m", "tunewise.study.workers", "--study", "joined", "--storage", pg_url,
          "--threads", "1", "--set", f"run_dir={tmp_path / 'there'}"],
         env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     other.log = tmp_path / "unused"

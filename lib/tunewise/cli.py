@@ -29,8 +29,8 @@ import logging
 import sys
 from pathlib import Path
 
-from .errors import TunewiseError
-from .storage import StorageLost
+from tunewise.errors import TunewiseError
+from tunewise.study.storage import StorageLost
 
 PARAMS_DIR = Path(__file__).resolve().parents[2] / "params"
 DEMO_PARAMS = PARAMS_DIR / "demo.yaml"
@@ -51,7 +51,7 @@ def _workers(p: argparse.ArgumentParser) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    from .params import PHASES
+    from tunewise.params import PHASES
 
     ap = argparse.ArgumentParser(prog="tunewise", description="Tune timm image classifiers with Optuna, phase by phase.")
     ap.add_argument("--traceback", action="store_true", help="show the full traceback of an error")
@@ -100,11 +100,11 @@ def _advise(args, overrides: dict) -> int:
     (its baseline and measured noise); nothing is written."""
     import optuna
 
-    from . import params as P
-    from .advice import advise
-    from .notebook import situation
-    from .storage import open_storage
-    from .tuning import baseline_value
+    from tunewise import params as P
+    from tunewise.phases.advice import advise
+    from tunewise.notebook import situation
+    from tunewise.study.storage import open_storage
+    from tunewise.phases.tuning import baseline_value
 
     p = P.resolve(args.params, overrides)
     known = {"baseline": args.baseline, "days_left": args.days_left, "tuned_before": args.tuned_before,
@@ -124,7 +124,7 @@ def _advise(args, overrides: dict) -> int:
 
 
 def _overrides(args) -> dict:
-    from . import params as P
+    from tunewise import params as P
 
     overrides = P.parse_set(args.overrides)
     if getattr(args, "out", None):
@@ -143,7 +143,7 @@ def _gpu_list(text: str) -> list:
 
 
 def _worker(args, overrides: dict) -> int:
-    from .workers import join_study
+    from tunewise.study.workers import join_study
 
     summary = join_study(args.study, args.storage, overrides=overrides, threads=args.threads)
     _print_study(summary)
@@ -151,7 +151,7 @@ def _worker(args, overrides: dict) -> int:
 
 
 def _merge(args) -> int:
-    from .workers import merge_studies
+    from tunewise.study.workers import merge_studies
 
     sources = []
     for source in args.sources:
@@ -174,8 +174,8 @@ def _only_study(storage: str, but: str) -> str:
     may live there from an earlier merge); ConfigError when it holds none or several."""
     import optuna
 
-    from .errors import ConfigError
-    from .storage import open_storage, redact
+    from tunewise.errors import ConfigError
+    from tunewise.study.storage import open_storage, redact
 
     names = [n for n in optuna.get_all_study_names(open_storage(storage, ".", must_exist=True)) if n != but]
     if len(names) != 1:
@@ -206,8 +206,8 @@ def _report(run) -> None:
 
 
 def _run(args) -> int:
-    from . import params as P
-    from .execute import phase_params, pipeline, run_phase
+    from tunewise import params as P
+    from tunewise.execute import phase_params, pipeline, run_phase
 
     if args.command == "merge":
         return _merge(args)
@@ -217,12 +217,12 @@ def _run(args) -> int:
     if args.command == "advise":
         return _advise(args, overrides)
     if args.command == "tune":
-        from .tuning import tune
+        from tunewise.phases.tuning import tune
 
         p = P.resolve(args.params, overrides)
         callbacks = []
         if p["workers"] > 1:
-            from .workers import ProgressPrinter
+            from tunewise.study.workers import ProgressPrinter
 
             printer = ProgressPrinter(p["n_trials"])
             callbacks.append(lambda study, trial: printer(study))

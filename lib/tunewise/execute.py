@@ -19,10 +19,10 @@ from typing import Any
 
 import papermill as pm
 
-from . import params as P
-from .errors import ConfigError
-from .report import write_html
-from .atomic import write_text_atomic
+from tunewise import params as P
+from tunewise.errors import ConfigError
+from tunewise.report.html import write_html
+from tunewise.atomic import write_text_atomic
 
 NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
 PRESETS = Path(__file__).resolve().parents[2] / "params"
@@ -62,11 +62,11 @@ def precheck(phase: str, p: dict[str, Any]) -> None:
     """The checks that need no study: search space, sampler, pruner, stop rules, dataset,
     model and workers, so bad input fails before a kernel starts (the notebook checks the rest)."""
     if phase in ("quick", "focused", "validate"):
-        from .tuning import check
+        from tunewise.phases.tuning import check
 
         check(p)
     if phase in ("quick", "focused") and p["workers"] > 1:
-        from .workers import plan_workers
+        from tunewise.study.workers import plan_workers
 
         plan_workers(p, p["workers"], p["gpus"] or None)  # GPUs that exist, not asked of the CPU
 
@@ -82,7 +82,7 @@ class StudyWatch:
     A courtesy view: it never fails the run, and it creates no storage."""
 
     def __init__(self, phase: str, p: dict[str, Any], every_s: float = 5.0) -> None:
-        from .workers import ProgressPrinter
+        from tunewise.study.workers import ProgressPrinter
 
         self._p = p
         self._every_s = every_s
@@ -107,7 +107,7 @@ class StudyWatch:
     def poll(self) -> None:
         import optuna
 
-        from .storage import open_storage
+        from tunewise.study.storage import open_storage
 
         try:
             if self._study is None:

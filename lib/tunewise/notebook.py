@@ -17,18 +17,18 @@ import plotly.io as pio
 from IPython.display import HTML, display
 from optuna.trial import TrialState
 
-from . import params as P
-from . import objectives as MO
-from . import postmortem, tuning
-from .advice import Situation, advise
-from .atomic import write_json_atomic
-from .cache import describe
-from .errors import ConfigError, did_you_mean
-from .narrow import LINEAGE_ATTR, Narrowed, best_complete, narrow_space, warm_start
-from .space import SearchSpace
-from .stoprules import Verdict, should_continue_optimization
-from .storage import open_storage
-from .validate import Validation, noise_std, save_noise, validate_configs, write_params_file
+from tunewise import params as P
+from tunewise.study import objectives as MO
+from tunewise.phases import postmortem, tuning
+from tunewise.phases.advice import Situation, advise
+from tunewise.atomic import write_json_atomic
+from tunewise.data.cache import describe
+from tunewise.errors import ConfigError, did_you_mean
+from tunewise.search.narrow import LINEAGE_ATTR, Narrowed, best_complete, narrow_space, warm_start
+from tunewise.search.space import SearchSpace
+from tunewise.study.stoprules import Verdict, should_continue_optimization
+from tunewise.study.storage import open_storage
+from tunewise.phases.validate import Validation, noise_std, save_noise, validate_configs, write_params_file
 
 # JupyterLab draws plotly's own mime type natively, and the HTML report turns it into
 # interactive charts with one embedded plotly.js (see report.py).
@@ -88,7 +88,7 @@ def space_editor(p: dict[str, Any]):
     """The search-space editor (interactive runs); None under papermill."""
     if not p["interactive"]:
         return None
-    from .widgets import SpaceEditor
+    from tunewise.report.widgets import SpaceEditor
 
     editor = SpaceEditor(p["search_space"] if p["search_space"] is not None else P.SEED_SPACE)
     display(editor.widget)
@@ -111,7 +111,7 @@ def search(p: dict[str, Any], *, prep: tuning.Prepared | None = None, baseline: 
         display(HTML("<p><i>Multi-objective search: no live chart (it draws one score per trial); "
                      "the Pareto front is drawn when the search ends.</i></p>"))
     elif p["interactive"]:
-        from .charts import LiveChart
+        from tunewise.report.charts import LiveChart
 
         live = LiveChart(p["n_trials"], title=f"{p['study_name']}: macro-F1 per trial")
         live.display()
@@ -163,7 +163,7 @@ def verdict(study: optuna.Study, p: dict[str, Any]) -> HTML:
 
 def final_charts(study: optuna.Study) -> None:
     """Static charts at the end of a phase (in every run, headless or not)."""
-    from . import charts
+    from tunewise.report import charts
 
     if MO.is_multi_study(study):
         MO.pareto_figure(study).show()
@@ -240,7 +240,7 @@ def focused_search(p: dict[str, Any], f: Focus) -> dict[str, Any]:
         return summary
     space = f.narrowed.space.to_dict()
     if p["focus_mode"] == "resume":
-        from .study import finished_trials
+        from tunewise.study.identity import finished_trials
 
         q = {**p, "study_name": f.source.study_name, "search_space": space, "force": True,
              "n_trials": finished_trials(f.source) + p["n_trials"]}
@@ -419,7 +419,7 @@ def show_advice_vs_outcome(studies: list[optuna.Study]) -> HTML:
 def show_warm_starts(studies: list[optuna.Study]) -> HTML:
     """For each warm-started study: how many trials it needed to reach its source's best,
     against how many the source needed."""
-    from .warmstart import best_f1, trials_to_reach
+    from tunewise.search.warmstart import best_f1, trials_to_reach
 
     by_name = {s.study_name: s for s in studies}
     rows = []

@@ -30,8 +30,8 @@ from optuna.distributions import (
 )
 from optuna.trial import FrozenTrial, TrialState
 
-from .errors import ConfigError
-from .space import SearchSpace, _equal, _in_distribution
+from tunewise.errors import ConfigError
+from tunewise.search.space import SearchSpace, _equal, _in_distribution
 
 WARM_START_ATTR = "tunewise.warm_start_from"  # trial user attr: the source trial's number
 LINEAGE_ATTR = "tunewise.lineage"  # study user attr: where the warm start came from

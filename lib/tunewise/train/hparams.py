@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 
-from .batches import CROP_MODES
-from .errors import ConfigError, did_you_mean
+from tunewise.data.batches import CROP_MODES
+from tunewise.errors import ConfigError, did_you_mean
 
 AMP_MODES = ("auto", "bf16", "fp16", "off")  # auto: bf16 on CUDA, off on CPU
 

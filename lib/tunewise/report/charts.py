@@ -29,7 +29,7 @@ from optuna.importance import BaseImportanceEvaluator, get_param_importances
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
-from .tuning import BASELINE_ATTR
+from tunewise.phases.tuning import BASELINE_ATTR
 
 # Marker style per drawn state; the trace order of every history figure is this order,
 # then the best-so-far line.

@@ -18,19 +18,20 @@ from typing import Any, Callable, Sequence
 import optuna
 from optuna.trial import TrialState
 
-from . import __version__, params as P
-from .cache import ImageData, describe, load_images
-from .hparams import TrainConfig
-from . import objectives as MO
-from .atomic import write_json_atomic
-from .objective import Objective
-from .warmstart import warm_start_from
-from .runner import RunResult, run_trials
-from .samplers import describe_pruner, describe_sampler, make_pruner, make_sampler
-from .space import SearchSpace
-from .stoprules import build_stop_rules
-from .storage import open_storage, redact
-from .study import SPACE_ATTR, StudyClock, make_identity, open_study, record_params
+from tunewise import __version__
+from tunewise import config as P
+from tunewise.data.cache import ImageData, describe, load_images
+from tunewise.train.hparams import TrainConfig
+from tunewise.study import objectives as MO
+from tunewise.atomic import write_json_atomic
+from tunewise.train.objective import Objective
+from tunewise.search.warmstart import warm_start_from
+from tunewise.study.runner import RunResult, run_trials
+from tunewise.search.samplers import describe_pruner, describe_sampler, make_pruner, make_sampler
+from tunewise.search.space import SearchSpace
+from tunewise.study.stoprules import build_stop_rules
+from tunewise.study.storage import open_storage, redact
+from tunewise.study.identity import SPACE_ATTR, StudyClock, make_identity, open_study, record_params
 
 BASELINE_ATTR = "tunewise.baseline"
 METRIC = "macro_f1"
@@ -141,7 +142,7 @@ def tune(
     study warm-started from the quick one is measured against the quick baseline).
     With `workers` > 1 the trials run in that many worker processes (workers.py)."""
     if p["workers"] > 1:
-        from .workers import run_workers
+        from tunewise.study.workers import run_workers
 
         # The workers are other processes: the callbacks (a live chart) follow the study
         # from here instead, called with no trial each time it is polled.

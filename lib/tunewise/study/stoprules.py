@@ -29,7 +29,7 @@ import optuna
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
-from .errors import ConfigError, did_you_mean
+from tunewise.errors import ConfigError, did_you_mean
 
 __all__ = [
     "STOP_REASON_ATTR", "STOP_DETAILS_ATTR", "NOISE_FLOOR_ATTR", "StopRule", "Plateau", "NoiseFloor",

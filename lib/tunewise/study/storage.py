@@ -42,7 +42,7 @@ import sqlalchemy
 from optuna.storages import BaseStorage, JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend
 
-from .errors import ConfigError, SetupError, did_you_mean
+from tunewise.errors import ConfigError, SetupError, did_you_mean
 
 ENV_VAR = "TUNEWISE_STORAGE"
 RETRY_ENV_VAR = "TUNEWISE_RETRY_S"

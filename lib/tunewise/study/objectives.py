@@ -33,11 +33,11 @@ import plotly.graph_objects as go
 import torch
 from optuna.trial import FrozenTrial, TrialState
 
-from .errors import ConfigError, did_you_mean
-from .models import build_model
-from .objective import Objective
-from .stoprules import DEFAULT_STOP_RULES, RULES, build_stop_rules
-from .study import IDENTITY_KEY, open_study
+from tunewise.errors import ConfigError, did_you_mean
+from tunewise.train.models import build_model
+from tunewise.train.objective import Objective
+from tunewise.study.stoprules import DEFAULT_STOP_RULES, RULES, build_stop_rules
+from tunewise.study.identity import IDENTITY_KEY, open_study
 
 # name in params -> (metric name in the study, direction, user attr holding it)
 OBJECTIVES: dict[str, tuple[str, str, str]] = {
@@ -255,7 +255,7 @@ def pareto_figure(study: optuna.Study) -> go.Figure:
     names = metric_names(objective_names(study))
     title = f"{study.study_name}: Pareto front of {', '.join(names)}"
     if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        from .charts import note
+        from tunewise.report.charts import note
 
         return note(title, "No complete trial yet.")
     fig = optuna.visualization.plot_pareto_front(study, target_names=names, include_dominated_trials=True)

@@ -26,9 +26,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import sources
-from .decode import decode_files
-from .errors import DataError
+from tunewise.data import sources
+from tunewise.data.decode import decode_files
+from tunewise.errors import DataError
 
 log = logging.getLogger(__name__)
 

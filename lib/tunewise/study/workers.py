@@ -39,13 +39,13 @@ import optuna
 from optuna.distributions import check_distribution_compatibility
 from optuna.trial import FrozenTrial, TrialState
 
-from . import params as P
-from .atomic import write_json_atomic
-from .errors import ConfigError, TunewiseError
-from .runner import INTERRUPTED, STOP_DETAILS_KEY, STOP_REASON_KEY, RunResult, best_trial, study_result
-from .samplers import describe_sampler, make_sampler
-from .storage import ENV_VAR, JOURNAL_NAME, StorageLost, location, open_storage
-from .study import (
+from tunewise import params as P
+from tunewise.atomic import write_json_atomic
+from tunewise.errors import ConfigError, TunewiseError
+from tunewise.study.runner import INTERRUPTED, STOP_DETAILS_KEY, STOP_REASON_KEY, RunResult, best_trial, study_result
+from tunewise.search.samplers import describe_sampler, make_sampler
+from tunewise.study.storage import ENV_VAR, JOURNAL_NAME, StorageLost, location, open_storage
+from tunewise.study.identity import (
     ELAPSED_KEY,
     FINISHED_STATES,
     IDENTITY_KEY,
@@ -175,7 +175,7 @@ def run_workers(
     ``stop_grace_s`` and returns the summary with ``interrupted`` true. ``prep`` reuses
     an earlier ``tuning.prepare(p)``; ``baseline`` is as in ``tuning.tune``.
     """
-    from . import tuning
+    from tunewise.phases import tuning
 
     plans = plan_workers(p, n_workers, gpus, threads)
     prep = prep or tuning.prepare(p)
@@ -220,13 +220,13 @@ def _spawn(p: dict[str, Any], study_name: str, plan: WorkerPlan, log_dir: Path) 
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     # The storage travels in the environment, not on the command line others can read.
     env[ENV_VAR] = p["storage"] or os.environ.get(ENV_VAR) or str(Path(run_dir) / JOURNAL_NAME)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1]),
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[2]),
                                                       os.environ.get("PYTHONPATH")]))
     env.update({name: str(plan.threads) for name in THREAD_ENV_VARS})
     if plan.gpu is not None:
         env["CUDA_VISIBLE_DEVICES"] = _cuda_visible(plan.gpu)
         overrides["device"] = "cuda"  # the one GPU this worker sees
-    command = [sys.executable, "-m", "tunewise.workers", "--study", study_name,
+    command = [sys.executable, "-m", "tunewise.study.workers", "--study", study_name,
                "--index", str(plan.index), "--threads", str(plan.threads),
                "--parent-pid", str(os.getpid()), "--result", str(result)]
     for key, value in overrides.items():
@@ -417,7 +417,7 @@ def join_study(
     torch's CPU threads; ``worker`` tags this worker for its sampler seed; a worker started
     by run_workers stops after its trial if that process (``parent_pid``) is gone.
     """
-    from . import tuning
+    from tunewise.phases import tuning
 
     if threads:
         _limit_threads(threads)
@@ -452,7 +452,7 @@ def _limit_threads(threads: int) -> None:
 def _load_study(name: str, storage) -> optuna.Study:
     names = optuna.get_all_study_names(storage)
     if name not in names:
-        from .errors import did_you_mean
+        from tunewise.errors import did_you_mean
 
         raise ConfigError(f"study {name!r} is not in storage {location(storage)}{did_you_mean(name, names)}; "
                           f"allowed: {', '.join(sorted(names)) or 'none there yet'}")

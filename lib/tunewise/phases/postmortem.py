@@ -24,10 +24,10 @@ import plotly.graph_objects as go
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
-from .charts import metric_label, note
-from .runner import STOP_DETAILS_KEY, STOP_REASON_KEY
-from .study import ELAPSED_KEY, FINISHED_STATES, IDENTITY_KEY
-from .tuning import BASELINE_ATTR
+from tunewise.report.charts import metric_label, note
+from tunewise.study.runner import STOP_DETAILS_KEY, STOP_REASON_KEY
+from tunewise.study.identity import ELAPSED_KEY, FINISHED_STATES, IDENTITY_KEY
+from tunewise.phases.tuning import BASELINE_ATTR
 
 ROI_FRACTIONS = (0.8, 0.95)
 _TOLERANCE = 1e-12  # float noise when comparing a gain with a share of the final gain

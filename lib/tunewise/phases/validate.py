@@ -26,15 +26,15 @@ import optuna
 import yaml
 from scipy import stats
 
-from . import params as P
-from .atomic import write_text_atomic
-from .cache import ImageData
-from .errors import ConfigError, TunewiseError
-from .hparams import TrainConfig
-from .objective import Objective
-from .splits import kfold_splits, train_val_split
-from .stoprules import NOISE_FLOOR_ATTR
-from .train import NonFiniteLoss, train_and_evaluate
+from tunewise import config as P
+from tunewise.atomic import write_text_atomic
+from tunewise.data.cache import ImageData
+from tunewise.errors import ConfigError, TunewiseError
+from tunewise.train.hparams import TrainConfig
+from tunewise.train.objective import Objective
+from tunewise.data.splits import kfold_splits, train_val_split
+from tunewise.study.stoprules import NOISE_FLOOR_ATTR
+from tunewise.train.loop import NonFiniteLoss, train_and_evaluate
 
 SEEDS = (42, 777, 2024)  # the seed's validation seeds
 REAL_GAIN, REAL_LOSS, WITHIN_NOISE = "real gain", "real loss", "within noise"
@@ -294,7 +294,7 @@ def write_params_file(path: str | Path, base_params: Mapping[str, Any], winner: 
     whole or not at all.
     """
     P.check_keys(dict(winner), "winner")
-    values = P.resolve(None, {**base_params, **winner, "search_space": {}, "phase": PARAMS_FILE_PHASE})
+    values = P.resolve({**base_params, **winner, "search_space": {}, "phase": PARAMS_FILE_PHASE})
     TrainConfig.from_dict(P.train_settings(values), where="winner")
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     header = [f"Final training parameters, written by tunewise's validation phase on {stamp}.",

@@ -31,8 +31,8 @@ import optuna
 from optuna.exceptions import ExperimentalWarning, UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
-from . import __version__
-from .errors import ConfigError, did_you_mean
+from tunewise import __version__
+from tunewise.errors import ConfigError, did_you_mean
 
 IDENTITY_KEY = "tunewise.identity"
 HISTORY_KEY = "tunewise.identity_history"

@@ -17,12 +17,12 @@ from typing import Any
 import optuna
 import torch
 
-from .cache import ImageData
-from .errors import ConfigError
-from .hparams import TrainConfig
-from .models import build_model, check_model_name, check_pretrained_file, check_weights_match
-from .splits import train_val_split
-from .train import EpochMetrics, NonFiniteLoss, resolve_device, train_and_evaluate
+from tunewise.data.cache import ImageData
+from tunewise.errors import ConfigError
+from tunewise.train.hparams import TrainConfig
+from tunewise.train.models import build_model, check_model_name, check_pretrained_file, check_weights_match
+from tunewise.data.splits import train_val_split
+from tunewise.train.loop import EpochMetrics, NonFiniteLoss, resolve_device, train_and_evaluate
 
 
 class TrialFailed(Exception):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from sklearn.model_selection import StratifiedKFold, train_test_split
 
-from .errors import ConfigError, DataError
+from tunewise.errors import ConfigError, DataError
 
 
 def _check_counts(labels: np.ndarray, classes: list[str], need: int, why: str) -> None:

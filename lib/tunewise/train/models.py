@@ -9,7 +9,7 @@ from pathlib import Path
 import timm
 import torch
 
-from .errors import ConfigError, SetupError, did_you_mean
+from tunewise.errors import ConfigError, SetupError, did_you_mean
 
 
 @lru_cache(maxsize=1)

@@ -24,11 +24,11 @@ from timm.loss import SoftTargetCrossEntropy
 from timm.optim import create_optimizer_v2
 from timm.scheduler import CosineLRScheduler
 
-from .batches import Augment, Batches
-from .cache import ImageData
-from .errors import ConfigError
-from .hparams import TrainConfig
-from .models import build_model, model_norm
+from tunewise.data.batches import Augment, Batches
+from tunewise.data.cache import ImageData
+from tunewise.errors import ConfigError
+from tunewise.train.hparams import TrainConfig
+from tunewise.train.models import build_model, model_norm
 
 FINITE_CHECK_EVERY = 20  # steps between loss checks: each check syncs the GPU once
 

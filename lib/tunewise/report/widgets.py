@@ -44,10 +44,10 @@ from ipywidgets import (
     VBox,
 )
 
-from .atomic import write_text_atomic
-from .errors import ConfigError
-from .hparams import TrainConfig
-from .space import SearchSpace
+from tunewise.atomic import write_text_atomic
+from tunewise.errors import ConfigError
+from tunewise.train.hparams import TrainConfig
+from tunewise.search.space import SearchSpace
 
 LOG_POINTS_PER_DECADE = 10
 _NAME_WIDTH = "200px"

@@ -37,9 +37,9 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from .errors import SetupError
-from .storage import StorageLost, outage_of, slot_lock
-from .study import (
+from tunewise.errors import SetupError
+from tunewise.study.storage import StorageLost, outage_of, slot_lock
+from tunewise.study.identity import (
     FAIL_REASON_KEY,
     FINISHED_STATES,
     IDENTITY_KEY,

@@ -17,10 +17,10 @@ import optuna
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
-from .errors import ConfigError, did_you_mean
-from .narrow import LINEAGE_ATTR, WARM_START_ATTR, best_complete, warm_start
-from .space import SearchSpace
-from .study import IDENTITY_KEY, SPACE_ATTR
+from tunewise.errors import ConfigError, did_you_mean
+from tunewise.search.narrow import LINEAGE_ATTR, WARM_START_ATTR, best_complete, warm_start
+from tunewise.search.space import SearchSpace
+from tunewise.study.identity import IDENTITY_KEY, SPACE_ATTR
 
 AUTO = "auto"  # the studies recorded on the same dataset
 FAMILY = "family"  # the studies that trained the same model family

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .decode import IMAGE_SUFFIXES, RESIZE_MODES
-from .errors import ConfigError, DataError, did_you_mean
+from tunewise.data.decode import IMAGE_SUFFIXES, RESIZE_MODES
+from tunewise.errors import ConfigError, DataError, did_you_mean
 
 BUILTIN = ("digits", "synthetic")
 MAX_LISTED = 10  # how many offending files a message names before "... and N more"
@@ -188,7 +188,7 @@ def digits_images(img_size: int, resize: str) -> tuple[np.ndarray, np.ndarray, l
     from PIL import Image
     from sklearn.datasets import load_digits
 
-    from .decode import resize_square
+    from tunewise.data.decode import resize_square
 
     digits = load_digits()
     gray = np.clip(digits.images * (255.0 / 16.0), 0, 255).astype(np.uint8)
