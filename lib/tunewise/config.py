@@ -1,71 +1,31 @@
-"""The run configuration: every parameter's default, its check, and the views the library
-takes of it (the data spec, the fixed training settings).
+"""The run configuration: one frozen `RunConfig` made of sections, each with its fields'
+defaults, comments and checks side by side.
+
+- `data`: which pixels (`tunewise.data.sources.DataSpec`, also the cache key);
+- `split`: how the images are split for scoring a trial (`SplitSettings`);
+- `train`: the fixed training settings (`tunewise.train.hparams.TrainConfig`);
+- `study`: the study and its budget, sampler, pruner, stop rules, storage (`StudySettings`);
+- `phase`: what the later phases build on and how (`PhaseSettings`).
 
 The edges (params files, `--set`, papermill and notebook parameters; see params.py) speak one
-flat set of names; the library below them reads only this module, never params.py.
+flat set of names, the same in every section: `RunConfig.from_flat` resolves them once, and
+`cfg["n_trials"]` / `dict(cfg)` give the flat view back where a flat name is what is needed
+(papermill's parameters, the record a study keeps). The library below reads this module,
+never params.py; functions take the section they need (`cfg.data`, `cfg.train`, ...).
 """
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace as _replace
+from typing import Any, Iterator
 
 from tunewise.data.sources import DataSpec
 from tunewise.errors import ConfigError, did_you_mean
 from tunewise.train.hparams import TrainConfig
 
-# Study and data settings (the training settings are TrainConfig's fields, also top level).
-STUDY_DEFAULTS: dict[str, Any] = {
-    "phase": "quick",  # quick | focused | validate | postmortem (recorded with the study)
-    "study_name": "tunewise",  # same name again resumes the study
-    "storage": None,  # None: a journal file in the run folder; or an Optuna storage URL
-    "run_dir": "runs/tunewise",  # where the journal, reports and summaries go
-    "n_trials": 20,  # finished trials for the whole study, across resumes
-    "timeout": None,  # seconds for the whole study, across resumes (None: no limit)
-    "sampler": "tpe",  # name or {name: ..., args}
-    "pruner": "median",  # name or {name: ..., args}
-    "stop_rules": None,  # None: the seed's defaults (plateau 0.01 over 10, failure guard)
-    "search_space": None,  # {param: distribution dict or fixed value}; None: the seed's space
-    "baseline": True,  # run the default settings as trial 0, the baseline to beat
-    "seeds": [42, 777, 2024],  # validation phase: seeds to retrain with
-    "val_fraction": 0.2,  # share of images held out for validation (stratified)
-    "split_seed": 42,  # seed of the train/validation split
-    "device": "auto",  # auto | cpu | cuda | cuda:N
-    "cache_dir": None,  # None: $TUNEWISE_CACHE_DIR or ~/.cache/tunewise
-    "force": False,  # resume even if the space or dataset changed
-    "objectives": ["f1"],  # [f1]: macro-F1 alone; add latency_ms and/or params for a Pareto front
-    "workers": 1,  # worker processes filling the study together (one per GPU or CPU slot)
-    "gpus": [],  # with workers > 1: GPU indices to spread them over ([]: every visible GPU, or the CPU)
-}
-
-# What the later phases build on; ignored by the phases that do not use them.
-PHASE_DEFAULTS: dict[str, Any] = {
-    "source_study": "",  # focused/validate: the study to build on ("" : the previous phase's)
-    "focus_mode": "warm_start",  # focused: warm_start (new study, best trials enqueued) | resume
-    "min_relative_gain": 0.05,  # focused: go on only if the quick gain beat this share
-    "always_run": False,  # focused: run even when the gate says tuning stopped paying
-    "top_share": 0.2,  # focused: narrow the space to the best share of trials...
-    "top_k": 0,  # ...or to the best k trials (0: use top_share); validate: configs to retrain
-    "margin": 0.1,  # focused: widen narrowed ranges by this share of their width
-    "warm_start_n": 5,  # focused: best earlier trials enqueued first
-    "folds": 0,  # validate: k stratified folds per seed (0: one split per seed)
-    "params_out": "final.yaml",  # validate: winning configuration, written in the run folder
-    "studies": [],  # postmortem: study names to analyse ([] : every study in the storage)
-    "interactive": True,  # widgets and live charts (tunewise run sets false)
-    "warm_start_from": [],  # start from the best trials of these studies ([auto]: same dataset, [family]: same model family)
-    "max_latency_ms": 0.0,  # postmortem: best macro-F1 within this latency, ms per image (0: no limit)
-    "max_params": 0,  # postmortem: best macro-F1 within this many parameters (0: no limit)
-}
-
-DATA_KEYS = [f for f in DataSpec.__dataclass_fields__]
-TRAIN_KEYS = TrainConfig.names()
-DEFAULTS: dict[str, Any] = {
-    **{k: getattr(DataSpec(), k) for k in DATA_KEYS},
-    **{k: getattr(TrainConfig(), k) for k in TRAIN_KEYS},
-    **STUDY_DEFAULTS,
-    **PHASE_DEFAULTS,
-}
-
 PHASES = ("quick", "focused", "validate", "postmortem")
+FOCUS_MODES = ("warm_start", "resume")
 
 # The seed's wide space for the quick phase (lr, batch size, weight decay, dropout).
 SEED_SPACE: dict[str, Any] = {
@@ -76,7 +36,210 @@ SEED_SPACE: dict[str, Any] = {
 }
 
 
-def check_keys(values: dict[str, Any], where: str) -> None:
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+class _Checks:
+    """Collects `field: value is not allowed; allowed: ...` lines for one section."""
+
+    def __init__(self, section: Any) -> None:
+        self.section = section
+        self.errors: list[str] = []
+
+    def need(self, ok: bool, key: str, allowed: str) -> None:
+        if not ok:
+            self.errors.append(f"{key}: {getattr(self.section, key)!r} is not allowed; allowed: {allowed}")
+
+
+@dataclass(frozen=True)
+class SplitSettings:
+    """How a study's images are split to score a trial (stratified)."""
+
+    val_fraction: float = 0.2  # share of images held out for validation (stratified)
+    split_seed: int = 42  # seed of the train/validation split
+
+    def problems(self) -> list[str]:
+        c = _Checks(self)
+        c.need(isinstance(self.val_fraction, float) and 0 < self.val_fraction < 1, "val_fraction",
+               "a number strictly between 0 and 1")
+        c.need(_is_int(self.split_seed) and self.split_seed >= 0, "split_seed", "an integer >= 0")
+        return c.errors
+
+
+@dataclass(frozen=True)
+class StudySettings:
+    """One study: its name and storage, its budget, how it searches and when it stops."""
+
+    phase: str = "quick"  # quick | focused | validate | postmortem (recorded with the study)
+    study_name: str = "tunewise"  # same name again resumes the study
+    storage: str | None = None  # None: a journal file in the run folder; or an Optuna storage URL
+    run_dir: str = "runs/tunewise"  # where the journal, reports and summaries go
+    n_trials: int = 20  # finished trials for the whole study, across resumes
+    timeout: float | None = None  # seconds for the whole study, across resumes (None: no limit)
+    sampler: Any = "tpe"  # name or {name: ..., args}
+    pruner: Any = "median"  # name or {name: ..., args}
+    stop_rules: dict | None = None  # None: the seed's defaults (plateau 0.01 over 10, failure guard)
+    search_space: dict | None = None  # {param: distribution dict or fixed value}; None: the seed's space
+    baseline: bool = True  # run the default settings as trial 0, the baseline to beat
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    cache_dir: str | None = None  # None: $TUNEWISE_CACHE_DIR or ~/.cache/tunewise
+    force: bool = False  # resume even if the space or dataset changed
+    objectives: list = field(default_factory=lambda: ["f1"])  # [f1]: macro-F1 alone; add latency_ms and/or params for a Pareto front
+    workers: int = 1  # worker processes filling the study together (one per GPU or CPU slot)
+    gpus: list = field(default_factory=list)  # with workers > 1: GPU indices to spread them over ([]: every visible GPU, or the CPU)
+
+    def problems(self) -> list[str]:
+        c = _Checks(self)
+        c.need(self.phase in PHASES, "phase", ", ".join(PHASES))
+        c.need(_is_int(self.n_trials) and self.n_trials >= 1, "n_trials", "an integer >= 1")
+        c.need(_is_int(self.workers) and self.workers >= 1, "workers", "an integer >= 1")
+        c.need(isinstance(self.gpus, list) and all(_is_int(g) and g >= 0 for g in self.gpus)
+               and len(set(self.gpus)) == len(self.gpus),
+               "gpus", "a list of distinct GPU indices such as [0, 1] ([]: every visible GPU)")
+        c.need(self.timeout is None or (_is_number(self.timeout) and self.timeout > 0), "timeout",
+               "seconds > 0, or null for no limit")
+        c.need(isinstance(self.study_name, str) and self.study_name.strip() != "", "study_name", "a non-empty name")
+        c.need(self.storage is None or isinstance(self.storage, str), "storage",
+               "null or an Optuna storage URL / journal file path")
+        c.need(self.search_space is None or isinstance(self.search_space, dict), "search_space",
+               "a mapping of parameter: distribution or value")
+        for flag in ("baseline", "force"):
+            c.need(isinstance(getattr(self, flag), bool), flag, "true or false")
+        from tunewise.study.objectives import check_objectives  # here: it imports torch and the training stack
+
+        try:
+            check_objectives(self.objectives)
+        except ConfigError as exc:
+            c.errors.append(str(exc))
+        return c.errors
+
+
+@dataclass(frozen=True)
+class PhaseSettings:
+    """What the later phases build on and how; ignored by the phases that do not use them."""
+
+    source_study: str = ""  # focused/validate: the study to build on ("" : the previous phase's)
+    focus_mode: str = "warm_start"  # focused: warm_start (new study, best trials enqueued) | resume
+    min_relative_gain: float = 0.05  # focused: go on only if the quick gain beat this share
+    always_run: bool = False  # focused: run even when the gate says tuning stopped paying
+    top_share: float = 0.2  # focused: narrow the space to the best share of trials...
+    top_k: int = 0  # ...or to the best k trials (0: use top_share); validate: configs to retrain
+    margin: float = 0.1  # focused: widen narrowed ranges by this share of their width
+    warm_start_n: int = 5  # focused: best earlier trials enqueued first
+    seeds: list = field(default_factory=lambda: [42, 777, 2024])  # validation phase: seeds to retrain with
+    folds: int = 0  # validate: k stratified folds per seed (0: one split per seed)
+    params_out: str = "final.yaml"  # validate: winning configuration, written in the run folder
+    studies: list = field(default_factory=list)  # postmortem: study names to analyse ([] : every study in the storage)
+    interactive: bool = True  # widgets and live charts (tunewise run sets false)
+    warm_start_from: list = field(default_factory=list)  # start from the best trials of these studies ([auto]: same dataset, [family]: same model family)
+    max_latency_ms: float = 0.0  # postmortem: best macro-F1 within this latency, ms per image (0: no limit)
+    max_params: int = 0  # postmortem: best macro-F1 within this many parameters (0: no limit)
+
+    def problems(self) -> list[str]:
+        c = _Checks(self)
+        c.need(self.focus_mode in FOCUS_MODES, "focus_mode", ", ".join(FOCUS_MODES))
+        c.need(_is_number(self.min_relative_gain), "min_relative_gain", "a number, e.g. 0.05 for 5%")
+        c.need(_is_number(self.top_share) and 0 < self.top_share <= 1, "top_share", "a share in (0, 1]")
+        c.need(_is_int(self.top_k) and self.top_k >= 0, "top_k", "an integer >= 0")
+        c.need(_is_number(self.margin) and 0 <= self.margin <= 1, "margin", "a share in [0, 1]")
+        c.need(_is_int(self.warm_start_n) and self.warm_start_n >= 0, "warm_start_n", "an integer >= 0")
+        c.need(isinstance(self.seeds, list) and bool(self.seeds) and all(_is_int(s) for s in self.seeds), "seeds",
+               "a non-empty list of integers")
+        c.need(_is_int(self.folds) and (self.folds == 0 or self.folds >= 2), "folds",
+               "0 (one split per seed) or an integer >= 2")
+        c.need(isinstance(self.studies, list) and all(isinstance(x, str) for x in self.studies), "studies",
+               "a list of study names")
+        c.need(isinstance(self.warm_start_from, list) and all(isinstance(x, str) for x in self.warm_start_from),
+               "warm_start_from",
+               "a list of study names, [auto] for the studies on the same dataset, [family] for the same model family")
+        c.need(_is_number(self.max_latency_ms) and self.max_latency_ms >= 0, "max_latency_ms",
+               "milliseconds per image >= 0 (0: no limit)")
+        c.need(_is_int(self.max_params) and self.max_params >= 0, "max_params", "an integer >= 0 (0: no limit)")
+        for flag in ("always_run", "interactive"):
+            c.need(isinstance(getattr(self, flag), bool), flag, "true or false")
+        return c.errors
+
+
+def _data_problems(data: DataSpec) -> list[str]:
+    # The data spec checks its own values when the images load; resolving checks the flag
+    # a wrong type of which would only surface deep in decoding.
+    if not isinstance(data.skip_bad_images, bool):
+        return [f"skip_bad_images: {data.skip_bad_images!r} is not allowed; allowed: true or false"]
+    return []
+
+
+# section name -> its type, in the order the flat names are listed
+SECTIONS: dict[str, type] = {
+    "data": DataSpec, "split": SplitSettings, "train": TrainConfig, "study": StudySettings, "phase": PhaseSettings,
+}
+# flat name -> the section that holds it
+SECTION_OF: dict[str, str] = {f.name: section for section, kind in SECTIONS.items() for f in fields(kind)}
+DATA_KEYS = [f.name for f in fields(DataSpec)]
+TRAIN_KEYS = TrainConfig.names()
+DEFAULTS: dict[str, Any] = {name: getattr(kind(), name) for kind in SECTIONS.values() for name in (f.name for f in fields(kind))}
+
+
+@dataclass(frozen=True, eq=False)
+class RunConfig(Mapping):
+    """Every parameter of a run, resolved once, in sections; also the flat mapping of names."""
+
+    data: DataSpec = field(default_factory=DataSpec)
+    split: SplitSettings = field(default_factory=SplitSettings)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    study: StudySettings = field(default_factory=StudySettings)
+    phase: PhaseSettings = field(default_factory=PhaseSettings)
+
+    @classmethod
+    def from_flat(cls, values: Mapping[str, Any]) -> "RunConfig":
+        """DEFAULTS <- `values` (flat names), every key and value checked (ConfigError)."""
+        check_keys(values, "parameters")
+        by_section: dict[str, dict[str, Any]] = {s: {} for s in SECTIONS}
+        for name, value in values.items():
+            by_section[SECTION_OF[name]][name] = value
+        cfg = cls(**{s: SECTIONS[s](**kw) for s, kw in by_section.items()})
+        cfg.check()
+        return cfg
+
+    def check(self) -> None:
+        errors = [*_data_problems(self.data), *self.split.problems(), *self.study.problems(), *self.phase.problems()]
+        if errors:
+            raise ConfigError("\n".join(errors))
+
+    def replace(self, **changes: Any) -> "RunConfig":
+        """This config with some flat names changed, checked again."""
+        return RunConfig.from_flat({**self.flat(), **changes})
+
+    def flat(self) -> dict[str, Any]:
+        """The flat names and values, as a params file holds them."""
+        return {name: self[name] for name in DEFAULTS}
+
+    def train_settings(self) -> dict[str, Any]:
+        """The fixed training settings, as a dict of TrainConfig fields."""
+        return self.train.to_dict()
+
+    # Mapping: the flat view, for the edges.
+    def __getitem__(self, name: str) -> Any:
+        section = SECTION_OF.get(name)
+        if section is None:
+            raise KeyError(name)
+        return getattr(getattr(self, section), name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(DEFAULTS)
+
+    def __len__(self) -> int:
+        return len(DEFAULTS)
+
+    def __repr__(self) -> str:
+        return f"RunConfig({', '.join(f'{s}={getattr(self, s)!r}' for s in SECTIONS)})"
+
+
+def check_keys(values: Mapping[str, Any], where: str) -> None:
     unknown = [k for k in values if k not in DEFAULTS]
     if unknown:
         raise ConfigError(
@@ -85,72 +248,22 @@ def check_keys(values: dict[str, Any], where: str) -> None:
         )
 
 
+def resolve(values: Mapping[str, Any] | None = None) -> RunConfig:
+    """DEFAULTS <- values (flat names), every key and value checked."""
+    return RunConfig.from_flat(dict(values or {}))
 
 
-def resolve(values: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """DEFAULTS <- values, every key and value checked."""
-    values = dict(values or {})
-    check_keys(values, "parameters")
-    p = {**DEFAULTS, **values}
-    check_values(p)
-    return p
-
-
-def replace(p: Mapping[str, Any], **changes: Any) -> dict[str, Any]:
+def replace(p: Mapping[str, Any], **changes: Any) -> RunConfig:
     """`p` with `changes`, checked again (the way phases derive a variant of their parameters)."""
     return resolve({**p, **changes})
 
-def check_values(p: dict[str, Any]) -> None:
-    errors = []
 
-    def need(ok: bool, key: str, allowed: str):
-        if not ok:
-            errors.append(f"{key}: {p[key]!r} is not allowed; allowed: {allowed}")
-
-    def is_int(v):
-        return isinstance(v, int) and not isinstance(v, bool)
-
-    need(is_int(p["n_trials"]) and p["n_trials"] >= 1, "n_trials", "an integer >= 1")
-    need(is_int(p["workers"]) and p["workers"] >= 1, "workers", "an integer >= 1")
-    need(isinstance(p["gpus"], list) and all(is_int(g) and g >= 0 for g in p["gpus"]) and len(set(p["gpus"])) == len(p["gpus"]),
-         "gpus", "a list of distinct GPU indices such as [0, 1] ([]: every visible GPU)")
-    need(p["timeout"] is None or (isinstance(p["timeout"], (int, float)) and not isinstance(p["timeout"], bool) and p["timeout"] > 0),
-         "timeout", "seconds > 0, or null for no limit")
-    need(isinstance(p["study_name"], str) and p["study_name"].strip() != "", "study_name", "a non-empty name")
-    need(p["storage"] is None or isinstance(p["storage"], str), "storage", "null or an Optuna storage URL / journal file path")
-    need(isinstance(p["seeds"], list) and p["seeds"] and all(is_int(s) for s in p["seeds"]), "seeds", "a non-empty list of integers")
-    need(isinstance(p["val_fraction"], float) and 0 < p["val_fraction"] < 1, "val_fraction", "a number strictly between 0 and 1")
-    need(p["search_space"] is None or isinstance(p["search_space"], dict), "search_space", "a mapping of parameter: distribution or value")
-    need(p["phase"] in PHASES, "phase", ", ".join(PHASES))
-    need(p["focus_mode"] in ("warm_start", "resume"), "focus_mode", "warm_start, resume")
-    need(isinstance(p["min_relative_gain"], (int, float)) and not isinstance(p["min_relative_gain"], bool), "min_relative_gain", "a number, e.g. 0.05 for 5%")
-    need(isinstance(p["top_share"], (int, float)) and 0 < p["top_share"] <= 1, "top_share", "a share in (0, 1]")
-    need(is_int(p["top_k"]) and p["top_k"] >= 0, "top_k", "an integer >= 0")
-    need(isinstance(p["margin"], (int, float)) and 0 <= p["margin"] <= 1, "margin", "a share in [0, 1]")
-    need(is_int(p["warm_start_n"]) and p["warm_start_n"] >= 0, "warm_start_n", "an integer >= 0")
-    need(is_int(p["folds"]) and (p["folds"] == 0 or p["folds"] >= 2), "folds", "0 (one split per seed) or an integer >= 2")
-    need(isinstance(p["studies"], list) and all(isinstance(x, str) for x in p["studies"]), "studies", "a list of study names")
-    need(isinstance(p["warm_start_from"], list) and all(isinstance(x, str) for x in p["warm_start_from"]),
-         "warm_start_from", "a list of study names, [auto] for the studies on the same dataset, [family] for the same model family")
-    need(isinstance(p["max_latency_ms"], (int, float)) and not isinstance(p["max_latency_ms"], bool) and p["max_latency_ms"] >= 0,
-         "max_latency_ms", "milliseconds per image >= 0 (0: no limit)")
-    need(is_int(p["max_params"]) and p["max_params"] >= 0, "max_params", "an integer >= 0 (0: no limit)")
-    from tunewise.study.objectives import check_objectives  # here: it imports torch and the training stack
-
-    try:
-        check_objectives(p["objectives"])
-    except ConfigError as exc:
-        errors.append(str(exc))
-    for flag in ("baseline", "force", "skip_bad_images", "always_run", "interactive"):
-        need(isinstance(p[flag], bool), flag, "true or false")
-    if errors:
-        raise ConfigError("\n".join(errors))
-
-
-def data_spec(p: dict[str, Any]) -> DataSpec:
+def data_spec(p: Mapping[str, Any]) -> DataSpec:
+    if isinstance(p, RunConfig):
+        return p.data
     return DataSpec(**{k: p[k] for k in DATA_KEYS})
 
 
-def train_settings(p: dict[str, Any]) -> dict[str, Any]:
+def train_settings(p: Mapping[str, Any]) -> dict[str, Any]:
     """The fixed training settings: every TrainConfig field the parameters hold."""
     return {k: p[k] for k in TRAIN_KEYS}

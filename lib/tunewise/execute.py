@@ -140,7 +140,7 @@ def run_phase(phase: str, p: dict[str, Any], *, log_output: bool = False, progre
     try:
         with watch:
             pm.execute_notebook(
-                str(notebook), str(partial), parameters=p, cwd=os.getcwd(), kernel_name="python3",
+                str(notebook), str(partial), parameters=dict(p), cwd=os.getcwd(), kernel_name="python3",
                 progress_bar=False, log_output=log_output, request_save_on_cell_execute=False,
             )
     except pm.PapermillExecutionError as exc:

@@ -300,5 +300,5 @@ def write_params_file(path: str | Path, base_params: Mapping[str, Any], winner: 
     header = [f"Final training parameters, written by tunewise's validation phase on {stamp}.",
               *str(note).splitlines(),
               "The winning configuration's values are fixed below; search_space is {} (nothing searched)."]
-    text = "".join(f"# {line}\n" for line in header) + yaml.safe_dump(values, sort_keys=False)
+    text = "".join(f"# {line}\n" for line in header) + yaml.safe_dump(dict(values), sort_keys=False)
     return write_text_atomic(Path(path), text)
