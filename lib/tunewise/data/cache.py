@@ -228,6 +228,8 @@ def load_images(
     if fingerprint in _MEMORY:
         data = _MEMORY[fingerprint]
         data.origin, data.source = "memory", spec.dataset
+        if use_disk:
+            identity.save(root)  # hashes of files touched since (same content)
         return data
     data = _read_entry(root, fingerprint) if use_disk else None
     if data is not None and listing is not None:
