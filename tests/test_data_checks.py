@@ -141,7 +141,7 @@ def test_competition_root_warns_once_what_was_taken_as_classes(tmp_path, png_fol
     assert "sample_submission.csv, train.csv beside the folders" in warned[0]
     assert "sub-folder(s) named test" in warned[0]
     assert "taken as the 2 classes (images, test)" in warned[0]
-    assert f"set dataset={root / 'train.csv'} image_dir={root / 'images'}" in warned[0]
+    assert f"to train on its labelled rows: --set dataset={root / 'train.csv'} --set image_dir={root / 'images'}" in warned[0]
 
 
 def test_split_folders_warn_and_point_at_train(tmp_path, caplog):
@@ -151,7 +151,7 @@ def test_split_folders_warn_and_point_at_train(tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
         cache.load_images(DataSpec(str(root), img_size=8))
     assert f"sub-folder(s) named test, train" in caplog.text
-    assert f"e.g. dataset={root / 'train'}" in caplog.text
+    assert f"to train on its classes: --set dataset={root / 'train'}" in caplog.text
 
 
 def test_plain_class_folder_does_not_warn(png_folder, caplog):

@@ -20,6 +20,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import logging
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -27,6 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tunewise.atomic import write_text_atomic
+
+log = logging.getLogger(__name__)
 
 INDEX_DIR = "index"  # under the cache folder; never a fingerprint (those are hex digests)
 INDEX_FORMAT = 1
@@ -79,7 +82,12 @@ class Fingerprint:
     _index: tuple[Path, dict] | None = field(default=None, repr=False)  # (path, content) when it changed
 
     def save(self, cache_root: str | Path) -> None:
-        cache_root = Path(cache_root)
+        try:
+            self._save(Path(cache_root))
+        except OSError as exc:  # a read-only shared cache: the next run hashes again, nothing breaks
+            log.warning("could not keep the data's hashes in %s (%s); the next run reads the files again", cache_root, exc)
+
+    def _save(self, cache_root: Path) -> None:
         if self._index is not None:
             path, content = self._index
             write_text_atomic(path, json.dumps(content, separators=(",", ":")))

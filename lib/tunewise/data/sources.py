@@ -144,9 +144,11 @@ def _warn_if_dataset_root(root: Path, class_dirs: list[Path]) -> None:
     train_dir = next((d for d in class_dirs if d.name.lower() == "train"), None)
     if train_csv:
         images = train_dir or next((d for d in class_dirs if d.name.lower() not in SPLIT_NAMES), class_dirs[0])
-        hint = f"to train on the labelled rows, set dataset={root / train_csv} image_dir={images}"
+        hint = f"to train on its labelled rows: --set dataset={root / train_csv} --set image_dir={images}"
+    elif train_dir and any(d.is_dir() for d in train_dir.iterdir()):
+        hint = f"to train on its classes: --set dataset={train_dir}"
     else:
-        hint = f"point dataset at the folder holding one sub-folder per class, e.g. dataset={train_dir or class_dirs[0]}"
+        hint = "point dataset at the folder holding one sub-folder per class, or at a CSV of id,target rows with image_dir"
     log.warning(
         "dataset: %s looks like a dataset's root (%s), yet its sub-folders were taken as the %d classes (%s); %s",
         root, "; ".join(signs), len(class_dirs), _few([d.name for d in class_dirs]), hint,
