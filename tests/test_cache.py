@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from tunewise.data import cache
+from tunewise.data import cache, fingerprint
 from tunewise.data.sources import DataSpec
 
 
@@ -44,6 +44,11 @@ def test_fingerprint_follows_files_and_settings(png_folder):
     target = png_folder / "dog" / "dog_000.png"
     st = target.stat()
     os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns + 5_000_000_000))
+    # A new mtime alone is the same data (issue 20): the content decides.
+    assert cache.load_images(spec).fingerprint == fp
+    raw = bytearray(target.read_bytes())
+    raw[-13] ^= 0x01  # inside the PNG's IEND CRC: same size, another byte
+    target.write_bytes(bytes(raw))
     changed = cache.load_images(spec)
     assert changed.fingerprint != fp and changed.origin == "decoded"
     (png_folder / "dog" / "dog_001.png").unlink()
@@ -77,6 +82,7 @@ def test_damaged_entry_is_detected_and_rebuilt(png_folder, damage, caplog):
 
 def test_no_half_written_entries_left(png_folder):
     cache.load_images(DataSpec(str(png_folder), img_size=8))
-    names = [p.name for p in cache.default_cache_dir().iterdir()]
+    # index/ holds the content hashes and manifests (fingerprint.py), not decoded entries
+    names = [p.name for p in cache.default_cache_dir().iterdir() if p.name != fingerprint.INDEX_DIR]
     assert len(names) == 1 and not names[0].startswith(".")
     assert sorted(p.name for p in (cache.default_cache_dir() / names[0]).iterdir()) == ["images.npy", "labels.npy", "meta.json"]

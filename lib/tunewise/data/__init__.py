@@ -1,4 +1,5 @@
 """Images in, one cached uint8 tensor out: sources (digits, synthetic, class folders, CSV),
-decoding, the disk and memory cache, stratified splits, and batches sliced on the device.
+decoding, content fingerprints (data identity), the disk and memory cache, stratified
+splits, and batches sliced on the device.
 
 Knows nothing of training, studies or notebooks."""

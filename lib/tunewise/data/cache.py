@@ -4,8 +4,10 @@ Decoded images live as one uint8 tensor (N, 3, H, W) plus int64 labels:
 - in memory for the life of the process, keyed by fingerprint, so every trial of a
   study shares one copy (`load_images` returns the same object each time);
 - on disk under `cache_dir/<fingerprint>/`, so a new process memory-maps the array
-  instead of decoding again. The fingerprint covers the file list, sizes, mtimes,
-  labels and preprocessing settings: a changed file or setting is a new entry.
+  instead of decoding again. The key is the dataset's content fingerprint
+  (`fingerprint.py`: names, sizes, content hashes, labels, preprocessing settings),
+  the same one a study records: a copy of the files finds the entry, a changed file
+  or setting is a new entry.
   A checksum written with the entry catches truncated or corrupt files, which are
   rebuilt rather than trusted.
 On CUDA, `ImageData.on(device)` keeps one copy on the GPU, where batches are sliced.
@@ -13,7 +15,6 @@ On CUDA, `ImageData.on(device)` keeps one copy on the GPU, where batches are sli
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -26,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from tunewise.data import fingerprint as fp
 from tunewise.data import sources
 from tunewise.data.decode import decode_files
 from tunewise.errors import DataError
@@ -54,6 +56,9 @@ class ImageData:
     description: str
     skipped: list[str] = field(default_factory=list)  # bad files left out (skip_bad_images)
     origin: str = "decoded"  # decoded | disk | memory: how this process got it
+    loaded: str = "decoded"  # decoded | disk: how it first came into this process
+    load_seconds: float = 0.0  # listing, fingerprint and decode or cache read, that first time
+    source: str = ""  # the dataset as named (digits, a folder, a CSV)
     _on_device: dict = field(default_factory=dict, repr=False)
 
     @property
@@ -78,15 +83,11 @@ class ImageData:
         return self._on_device[key]
 
 
-def _digest(payload: dict) -> str:
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:20]
-
-
 def _preprocessing(spec: sources.DataSpec) -> dict:
     return {"img_size": spec.img_size, "resize": spec.resize, "skip_bad_images": spec.skip_bad_images, "format": CACHE_FORMAT}
 
 
-def fingerprint_builtin(spec: sources.DataSpec) -> str:
+def fingerprint_builtin(spec: sources.DataSpec) -> fp.Fingerprint:
     import sklearn
 
     payload = {"source": spec.dataset, **_preprocessing(spec)}
@@ -94,17 +95,24 @@ def fingerprint_builtin(spec: sources.DataSpec) -> str:
         payload["sklearn"] = sklearn.__version__
     else:
         payload.update(n=spec.synthetic_samples, classes=spec.synthetic_classes, noise=spec.synthetic_noise, seed=spec.synthetic_seed)
-    return _digest(payload)
+    return fp.of_settings(payload)
 
 
-def fingerprint_files(listing: sources.FileListing, spec: sources.DataSpec) -> str:
-    payload = {
-        "source": listing.kind,
-        "classes": listing.classes,
-        "files": [(rel, size, mtime, int(label)) for (rel, size, mtime), label in zip(listing.stats, listing.labels)],
-        **_preprocessing(spec),
-    }
-    return _digest(payload)
+def fingerprint_files(listing: sources.FileListing, spec: sources.DataSpec, cache_dir: str | Path | None = None) -> fp.Fingerprint:
+    """The content fingerprint (mtimes only say which hashes to recompute)."""
+    root = Path(cache_dir) if cache_dir else default_cache_dir()
+    return fp.of_files(listing.root, listing.paths, listing.stats, listing.labels, listing.classes, _preprocessing(spec), root)
+
+
+def describe_difference(old_fingerprint: str, new_fingerprint: str, cache_dir: str | Path | None = None) -> str | None:
+    """What differs between the data behind two fingerprints, in one line, from the
+    manifests `load_images` keeps in the cache folder; None when one of them is not on
+    this machine (then say only that the data differ).
+
+    >>> describe_difference(study_fingerprint, data.fingerprint)  # doctest: +SKIP
+    "files changed: 1 (dog/dog_000.png); files added: 2 (cat/new_1.png, cat/new_2.png); labels changed: 1 (x.png: 'cat' -> 'dog')"
+    """
+    return fp.describe_difference(old_fingerprint, new_fingerprint, Path(cache_dir) if cache_dir else default_cache_dir())
 
 
 # ---- the on-disk entry: images.npy, labels.npy, then meta.json last ----
@@ -184,8 +192,12 @@ def _decode_listing(listing: sources.FileListing, spec: sources.DataSpec, finger
         keep = np.setdiff1d(np.arange(len(listing.paths)), np.fromiter(bad, dtype=np.int64))
         images, skipped = images[keep], [listing.paths[i] for i in sorted(bad)]
         listing.labels = listing.labels[keep]
-    desc = f"{listing.kind} {listing.root} ({len(listing.labels)} images, {len(listing.classes)} classes, {spec.img_size}px)"
+    desc = _description(listing, len(listing.labels), spec)
     return ImageData(torch.from_numpy(images), torch.from_numpy(listing.labels), listing.classes, fingerprint, desc, skipped)
+
+
+def _description(listing: sources.FileListing, n_images: int, spec: sources.DataSpec) -> str:
+    return f"{listing.kind} {listing.root} ({n_images} images, {len(listing.classes)} classes, {spec.img_size}px)"
 
 
 def _build_builtin(spec: sources.DataSpec, fingerprint: str) -> ImageData:
@@ -205,28 +217,40 @@ def load_images(
     """The decoded dataset for `spec`: from this process's memory, else the disk cache,
     else decoded now (with every core) and written to the disk cache."""
     spec.check()
+    started = time.perf_counter()
+    root = Path(cache_dir) if cache_dir else default_cache_dir()
     if spec.dataset in sources.BUILTIN:
-        listing, fingerprint = None, fingerprint_builtin(spec)
+        listing, identity = None, fingerprint_builtin(spec)
     else:
         listing = sources.list_files(spec)
-        fingerprint = fingerprint_files(listing, spec)
+        identity = fingerprint_files(listing, spec, root)
+    fingerprint = identity.value
     if fingerprint in _MEMORY:
         data = _MEMORY[fingerprint]
-        data.origin = "memory"
+        data.origin, data.source = "memory", spec.dataset
+        if use_disk:
+            identity.save(root)  # hashes of files touched since (same content)
         return data
-    root = Path(cache_dir) if cache_dir else default_cache_dir()
     data = _read_entry(root, fingerprint) if use_disk else None
+    if data is not None and listing is not None:
+        data.description = _description(listing, len(data), spec)  # a copy of the files is named as itself
     if data is None:
         data = _build_builtin(spec, fingerprint) if listing is None else _decode_listing(listing, spec, fingerprint, workers)
         if use_disk:
             _write_entry(root, data)
+    if use_disk:
+        identity.save(root)  # only now: a refused dataset leaves the cache folder untouched
+    data.loaded, data.load_seconds, data.source = data.origin, time.perf_counter() - started, spec.dataset
     _MEMORY[fingerprint] = data
     return data
 
 
 def clear_memory() -> None:
-    """Forget the in-process copies (tests, or to free memory between studies)."""
+    """Forget the in-process copies and the lines already printed (tests, or to free
+    memory between studies)."""
     _MEMORY.clear()
+    _ANNOUNCED.clear()
+    sources._WARNED.clear()
 
 
 def describe(data: ImageData) -> dict:
@@ -242,4 +266,30 @@ def describe(data: ImageData) -> dict:
     }
 
 
-__all__ = ["ImageData", "load_images", "clear_memory", "default_cache_dir", "describe"]
+def describe_line(data: ImageData) -> str:
+    """One line of what was loaded, e.g.
+    data: digits, 1,797 images, 10 classes (smallest '8' 174, largest '3' 183), 32 px, from the disk cache (0.1 s)"""
+    counts = data.class_counts()
+    smallest = min(counts, key=counts.get)
+    largest = max(counts, key=counts.get)
+    how = {"decoded": "decoded", "disk": "from the disk cache"}.get(data.loaded, data.loaded)
+    skipped = f", {len(data.skipped):,} unreadable skipped" if data.skipped else ""
+    source = f"{data.source}, " if data.source else ""
+    return (
+        f"data: {source}{len(data):,} images, {data.num_classes} classes (smallest {smallest!r} {counts[smallest]:,}, "
+        f"largest {largest!r} {counts[largest]:,}), {int(data.images.shape[-1])} px{skipped}, {how} ({data.load_seconds:.1f} s)"
+    )
+
+
+_ANNOUNCED: set[str] = set()
+
+
+def announce(data: ImageData) -> None:
+    """Print `describe_line(data)` the first time this process uses this data."""
+    if data.fingerprint not in _ANNOUNCED:
+        _ANNOUNCED.add(data.fingerprint)
+        print(describe_line(data), flush=True)
+
+
+__all__ = ["ImageData", "load_images", "clear_memory", "default_cache_dir", "describe", "describe_line", "announce",
+           "describe_difference"]

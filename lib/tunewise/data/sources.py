@@ -8,6 +8,7 @@ fails at once with a message naming the file or field.
 from __future__ import annotations
 
 import csv
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,8 +18,13 @@ import numpy as np
 from tunewise.data.decode import IMAGE_SUFFIXES, RESIZE_MODES
 from tunewise.errors import ConfigError, DataError, did_you_mean
 
+log = logging.getLogger(__name__)
+
 BUILTIN = ("digits", "synthetic")
 MAX_LISTED = 10  # how many offending files a message names before "... and N more"
+# Sub-folder names that are splits, not classes: a folder holding them is a dataset's root.
+SPLIT_NAMES = ("train", "test", "val", "valid", "validation")
+_WARNED: set[str] = set()  # layouts already warned about in this process (one line per dataset)
 
 
 @dataclass(frozen=True)
@@ -30,6 +36,7 @@ class DataSpec:
     img_size: int = 32  # side of the square images, pixels
     resize: str = "squash"  # squash: stretch to a square; crop: shorter side then centre crop
     skip_bad_images: bool = False  # skip unreadable images with a warning instead of refusing
+    drop_duplicate_ids: bool = False  # CSV only: keep the first row of an image listed twice (same label) instead of refusing
     id_column: str = "id"  # CSV column naming the image (with or without its suffix)
     target_column: str = "target"  # CSV column holding the class
     synthetic_samples: int = 2000  # synthetic only: number of images
@@ -41,6 +48,9 @@ class DataSpec:
         errors = []
         if not isinstance(self.img_size, int) or isinstance(self.img_size, bool) or not 8 <= self.img_size <= 1024:
             errors.append(f"img_size: {self.img_size!r} is out of range; allowed: an integer from 8 to 1024")
+        for flag in ("skip_bad_images", "drop_duplicate_ids"):
+            if not isinstance(getattr(self, flag), bool):
+                errors.append(f"{flag}: {getattr(self, flag)!r} is not allowed; allowed: true or false")
         if self.resize not in RESIZE_MODES:
             errors.append(f"resize: {self.resize!r} is not allowed; allowed: {', '.join(RESIZE_MODES)}{did_you_mean(self.resize, RESIZE_MODES)}")
         if self.dataset == "synthetic":
@@ -113,46 +123,139 @@ def list_folder(root: Path) -> FileListing:
         )
     if len(class_dirs) < 2:
         raise DataError(f"dataset: folder {root} has only one class ({class_dirs[0].name}); allowed: at least 2 class sub-folders")
+    _warn_if_dataset_root(root, class_dirs)
     return FileListing(root, paths, np.asarray(labels, dtype=np.int64), [d.name for d in class_dirs], "folder", _stat(paths, root))
 
 
-def _find_image(image_dir: Path, image_id: str, by_stem: dict[str, str]) -> str | None:
+def _warn_if_dataset_root(root: Path, class_dirs: list[Path]) -> None:
+    """One warning line when `root` looks like a competition's or a split dataset's root
+    (CSV files beside the sub-folders, or sub-folders named train/test/val): its
+    sub-folders were taken as classes, which is rarely what was meant. A warning, not an
+    error: a class may really be called "test"."""
+    csvs = sorted(p.name for p in root.iterdir() if p.is_file() and p.suffix.lower() == ".csv")
+    splits = [d.name for d in class_dirs if d.name.lower() in SPLIT_NAMES]
+    if not (csvs or splits) or str(root) in _WARNED:
+        return
+    _WARNED.add(str(root))
+    signs = ([f"{', '.join(csvs[:3])} beside the folders"] if csvs else []) + (
+        [f"sub-folder(s) named {', '.join(splits)}"] if splits else []
+    )
+    train_csv = next((c for c in csvs if "train" in c.lower()), csvs[0] if csvs else None)
+    train_dir = next((d for d in class_dirs if d.name.lower() == "train"), None)
+    if train_csv:
+        images = train_dir or next((d for d in class_dirs if d.name.lower() not in SPLIT_NAMES), class_dirs[0])
+        hint = f"to train on its labelled rows: --set dataset={root / train_csv} --set image_dir={images}"
+    elif train_dir and any(d.is_dir() for d in train_dir.iterdir()):
+        hint = f"to train on its classes: --set dataset={train_dir}"
+    else:
+        hint = "point dataset at the folder holding one sub-folder per class, or at a CSV of id,target rows with image_dir"
+    log.warning(
+        "dataset: %s looks like a dataset's root (%s), yet its sub-folders were taken as the %d classes (%s); %s",
+        root, "; ".join(signs), len(class_dirs), _few([d.name for d in class_dirs]), hint,
+    )
+
+
+def _read_rows(csv_path: Path, id_column: str, target_column: str) -> list[tuple[int, str, str]]:
+    """(line number, id, target) for every row; a short row reads as empty values."""
+    try:
+        with open(csv_path, newline="", encoding="utf-8-sig") as fh:
+            reader = csv.DictReader(fh)
+            header = reader.fieldnames or []
+            missing = [c for c in (id_column, target_column) if c not in header]
+            if missing:
+                raise DataError(
+                    f"dataset: {csv_path} lacks column(s) {', '.join(missing)}; it has: {', '.join(header) or '(no header)'}; "
+                    f"allowed: a header with {id_column!r} and {target_column!r} (set id_column / target_column to use others)"
+                )
+            return [(reader.line_num, (r[id_column] or "").strip(), (r[target_column] or "").strip()) for r in reader]
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise DataError(f"dataset: {csv_path} cannot be read as a CSV ({exc}); allowed: UTF-8 text with a header row") from exc
+
+
+def _index_by_stem(image_dir: Path) -> dict[str, list[str]]:
+    """Competition CSVs often give ids without the file suffix: index the folder by stem once."""
+    by_stem: dict[str, list[str]] = {}
+    for p in sorted(image_dir.iterdir()):
+        if p.is_file() and _is_image(p):
+            by_stem.setdefault(p.stem, []).append(str(p))
+    return by_stem
+
+
+def _find_image(image_dir: Path, image_id: str, by_stem: dict[str, list[str]]) -> list[str]:
+    """Every file `image_id` can mean: [] none, [one] found, several: ambiguous."""
     direct = image_dir / image_id
     if direct.is_file():
-        return str(direct)
-    return by_stem.get(image_id)
+        return [os.path.normpath(direct)]
+    return by_stem.get(image_id, [])
 
 
-def list_csv(csv_path: Path, image_dir: Path, id_column: str, target_column: str) -> FileListing:
+def list_csv(
+    csv_path: Path, image_dir: Path, id_column: str, target_column: str, drop_duplicate_ids: bool = False
+) -> FileListing:
     if not image_dir.is_dir():
         raise DataError(f"image_dir: {image_dir} does not exist or is not a folder; allowed: the folder holding the images named in {csv_path.name}")
-    with open(csv_path, newline="", encoding="utf-8-sig") as fh:
-        reader = csv.DictReader(fh)
-        header = reader.fieldnames or []
-        missing = [c for c in (id_column, target_column) if c not in header]
-        if missing:
-            raise DataError(
-                f"dataset: {csv_path} lacks column(s) {', '.join(missing)}; it has: {', '.join(header) or '(no header)'}; "
-                f"allowed: a header with {id_column!r} and {target_column!r} (set id_column / target_column to use others)"
-            )
-        rows = [(r[id_column].strip(), r[target_column].strip()) for r in reader]
+    rows = _read_rows(csv_path, id_column, target_column)
     if not rows:
         raise DataError(f"dataset: {csv_path} has a header but no rows")
-    # Competition CSVs often give ids without the file suffix: index the folder by stem once.
-    by_stem = {p.stem: str(p) for p in image_dir.iterdir() if p.is_file() and _is_image(p)}
-    paths, targets, absent = [], [], []
-    for image_id, target in rows:
+    by_stem = _index_by_stem(image_dir)
+    name = csv_path.name
+    blank, ambiguous, absent, repeated, conflicting = [], [], [], [], []
+    first: dict[str, tuple[int, str, str]] = {}  # image path -> (line, id, target) of its first row
+    paths, targets = [], []
+    for line, image_id, target in rows:
+        if not image_id or not target:
+            blank.append(f"line {line} ({id_column}={image_id!r}, {target_column}={target!r})")
+            continue
         found = _find_image(image_dir, image_id, by_stem)
-        if found is None:
+        if not found:
             absent.append(image_id)
-        else:
-            paths.append(found)
-            targets.append(target)
+            continue
+        if len(found) > 1:
+            ambiguous.append(f"line {line} ({image_id}: {', '.join(os.path.basename(f) for f in found)})")
+            continue
+        path = found[0]
+        if path in first:
+            line0, id0, target0 = first[path]
+            where = f"line {line} ({image_id}, first on line {line0}" + ("" if id0 == image_id else f" as {id0}")
+            if target0 == target:
+                repeated.append(where + ")")
+            else:
+                conflicting.append(where + f"; labels {target0!r} and {target!r})")
+            continue
+        first[path] = (line, image_id, target)
+        paths.append(path)
+        targets.append(target)
+    problems = []
+    if blank:
+        problems.append(
+            f"dataset: {len(blank)} row(s) of {name} have an empty {id_column} or {target_column}: {_few(blank)}; "
+            f"allowed: an image id and a class name in every row (label or remove those rows)"
+        )
     if absent:
-        raise DataError(
-            f"dataset: {len(absent)} id(s) in {csv_path.name} have no image in {image_dir}: "
+        problems.append(
+            f"dataset: {len(absent)} id(s) in {name} have no image in {image_dir}: "
             f"{_few(absent)}; allowed: each id is a file name in image_dir, with or without its suffix"
         )
+    if ambiguous:
+        problems.append(
+            f"dataset: {len(ambiguous)} id(s) in {name} match more than one image in {image_dir}: {_few(ambiguous)}; "
+            f"allowed: an id that names one file (write its suffix, e.g. img_0001.png, or remove the other file)"
+        )
+    if conflicting:
+        problems.append(
+            f"dataset: {len(conflicting)} row(s) of {name} list an image again with another label: {_few(conflicting)}; "
+            f"allowed: one label per image (fix {name}; drop_duplicate_ids drops only repeats with the same label)"
+        )
+    if repeated and not drop_duplicate_ids:
+        problems.append(
+            f"dataset: {len(repeated)} row(s) of {name} list an image already listed: {_few(repeated)}; "
+            f"one image listed twice can land in both the training and the validation split; "
+            f"allowed: each image once (remove the repeats, or set drop_duplicate_ids: true to keep the first row of each)"
+        )
+    if problems:
+        raise DataError("\n".join(problems))
+    if repeated:
+        log.warning("dataset: dropped %d repeated row(s) of %s (drop_duplicate_ids): %s", len(repeated), name, _few(repeated))
     classes = _sorted_classes(targets)
     if len(classes) < 2:
         raise DataError(f"dataset: {csv_path} has only one class ({classes[0]}) in column {target_column!r}; allowed: at least 2")
@@ -179,7 +282,7 @@ def list_files(spec: DataSpec) -> FileListing:
         return list_folder(path)
     if path.suffix.lower() == ".csv":
         image_dir = Path(spec.image_dir).expanduser() if spec.image_dir else path.parent
-        return list_csv(path, image_dir, spec.id_column, spec.target_column)
+        return list_csv(path, image_dir, spec.id_column, spec.target_column, spec.drop_duplicate_ids)
     raise DataError(f"dataset: {path} is a file but not a .csv; allowed: a folder of class sub-folders or a CSV file")
 
 

@@ -20,7 +20,7 @@ from optuna.trial import TrialState
 
 from tunewise import __version__
 from tunewise import config as P
-from tunewise.data.cache import ImageData, describe, load_images
+from tunewise.data.cache import ImageData, announce, describe, load_images
 from tunewise.train.hparams import TrainConfig
 from tunewise.study import objectives as MO
 from tunewise.atomic import write_json_atomic
@@ -72,6 +72,7 @@ def check(p: dict[str, Any], space: SearchSpace | None = None) -> Checked:
     else:
         build_stop_rules(p["stop_rules"])
     data = load_images(P.data_spec(p), p["cache_dir"])
+    announce(data)  # one line of what was loaded, once per process
     kind, extra = (MO.MultiObjective, {"objectives": p["objectives"]}) if multi else (Objective, {})
     objective = kind(
         data, space, P.train_settings(p), val_fraction=p["val_fraction"], split_seed=p["split_seed"], device=p["device"],
