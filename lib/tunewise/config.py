@@ -10,8 +10,9 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from tunewise.data.sources import DataSpec
-from tunewise.errors import ConfigError, did_you_mean
+from tunewise.errors import ConfigError, did_you_mean, is_int
 from tunewise.train.hparams import TrainConfig
+from tunewise.train.objective_names import check_objectives
 
 # Study and data settings (the training settings are TrainConfig's fields, also top level).
 STUDY_DEFAULTS: dict[str, Any] = {
@@ -107,9 +108,6 @@ def check_values(p: dict[str, Any]) -> None:
         if not ok:
             errors.append(f"{key}: {p[key]!r} is not allowed; allowed: {allowed}")
 
-    def is_int(v):
-        return isinstance(v, int) and not isinstance(v, bool)
-
     need(is_int(p["n_trials"]) and p["n_trials"] >= 1, "n_trials", "an integer >= 1")
     need(is_int(p["workers"]) and p["workers"] >= 1, "workers", "an integer >= 1")
     need(isinstance(p["gpus"], list) and all(is_int(g) and g >= 0 for g in p["gpus"]) and len(set(p["gpus"])) == len(p["gpus"]),
@@ -135,8 +133,6 @@ def check_values(p: dict[str, Any]) -> None:
     need(isinstance(p["max_latency_ms"], (int, float)) and not isinstance(p["max_latency_ms"], bool) and p["max_latency_ms"] >= 0,
          "max_latency_ms", "milliseconds per image >= 0 (0: no limit)")
     need(is_int(p["max_params"]) and p["max_params"] >= 0, "max_params", "an integer >= 0 (0: no limit)")
-    from tunewise.study.objectives import check_objectives  # here: it imports torch and the training stack
-
     try:
         check_objectives(p["objectives"])
     except ConfigError as exc:

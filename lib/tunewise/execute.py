@@ -105,16 +105,14 @@ class StudyWatch:
             self.poll()
 
     def poll(self) -> None:
-        import optuna
-
-        from tunewise.study.storage import open_storage
+        from tunewise.study.storage import load_if_exists, open_storage
 
         try:
             if self._study is None:
                 storage = open_storage(self._p["storage"], self._p["run_dir"], must_exist=True)
-                if self._p["study_name"] not in optuna.get_all_study_names(storage):
+                self._study = load_if_exists(storage, self._p["study_name"])
+                if self._study is None:
                     return
-                self._study = optuna.load_study(study_name=self._p["study_name"], storage=storage)
             self._printer(self._study)
         except Exception:  # not there yet, or unreadable for a moment: the next poll tries again
             pass
@@ -164,7 +162,9 @@ def pipeline(file: str | Path | None, overrides: dict[str, Any], out: Path, *, p
     quick gain was not worth it), then validate, then post-mortem; one run folder with
     a sub-folder per phase, one shared study storage, and an index page."""
     out = Path(out)
-    storage = overrides.get("storage") or str(out / "study.journal")
+    from tunewise.study.storage import JOURNAL_NAME
+
+    storage = overrides.get("storage") or str(out / JOURNAL_NAME)
     # One storage holds every phase's study: name them apart (the user's name as a prefix).
     named = "study_name" in overrides or (file is not None and "study_name" in P.read_params_file(file))
     prefix = P.resolve(file, overrides)["study_name"] + "-" if named else ""

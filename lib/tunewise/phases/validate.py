@@ -33,7 +33,7 @@ from tunewise.errors import ConfigError, TunewiseError
 from tunewise.train.hparams import TrainConfig
 from tunewise.train.objective import Objective
 from tunewise.data.splits import kfold_splits, train_val_split
-from tunewise.study.stoprules import NOISE_FLOOR_ATTR
+from tunewise.records import NOISE_FLOOR_KEY
 from tunewise.train.loop import NonFiniteLoss, train_and_evaluate
 
 SEEDS = (42, 777, 2024)  # the seed's validation seeds
@@ -283,7 +283,7 @@ def save_noise(study: optuna.Study, value: float) -> None:
     """Record the noise in the study; the stop rules then treat smaller gains as no progress."""
     if not (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0):
         raise ConfigError(f"noise: {value!r} is not allowed; allowed: a finite number >= 0 (the std across seeds)")
-    study.set_user_attr(NOISE_FLOOR_ATTR, float(value))
+    study.set_user_attr(NOISE_FLOOR_KEY, float(value))
 
 
 def write_params_file(path: str | Path, base_params: Mapping[str, Any], winner: Mapping[str, Any], note: str) -> Path:

@@ -43,6 +43,7 @@ from optuna.storages import BaseStorage, JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend
 
 from tunewise.errors import ConfigError, SetupError, did_you_mean
+from tunewise.records import storage_of
 
 ENV_VAR = "TUNEWISE_STORAGE"
 RETRY_ENV_VAR = "TUNEWISE_RETRY_S"
@@ -476,7 +477,7 @@ def slot_lock(study: optuna.Study):
     ``acquire()`` blocks; ``release()``. Storages tunewise does not open (in-memory, a
     custom one) get a no-op lock: one process, nothing to coordinate.
     """
-    storage = study._storage
+    storage = storage_of(study)
     backend = getattr(storage, "_backend", None)
     if isinstance(storage, JournalStorage) and isinstance(backend, JournalFileBackend):
         return _FileLock(backend._file_path + LOCK_SUFFIX)
@@ -505,3 +506,10 @@ def location(storage: BaseStorage) -> str:
     if isinstance(backend, RDBStorage):
         return redact(backend.url)
     return type(storage).__name__
+
+
+def load_if_exists(storage: BaseStorage, name: str) -> optuna.Study | None:
+    """Study ``name`` in ``storage``, or None when there is none (nothing is created)."""
+    if name not in optuna.get_all_study_names(storage):
+        return None
+    return optuna.load_study(study_name=name, storage=storage)
