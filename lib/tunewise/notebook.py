@@ -416,7 +416,7 @@ def show_advice_vs_outcome(studies: list[optuna.Study]) -> HTML:
 def show_warm_starts(studies: list[optuna.Study]) -> HTML:
     """For each warm-started study: how many trials it needed to reach its source's best,
     against how many the source needed."""
-    from tunewise.search.warmstart import trials_to_reach
+    from tunewise.study.warmstart import trials_to_reach
 
     by_name = {s.study_name: s for s in studies}
     rows = []

@@ -26,7 +26,7 @@ from tunewise.data.cache import ImageData, describe, load_images
 from tunewise.records import BASELINE_KEY, SPACE_KEY, baseline_value
 from tunewise.search.samplers import describe_pruner, describe_sampler, make_pruner, make_sampler
 from tunewise.search.space import SearchSpace
-from tunewise.search.warmstart import warm_start_from
+from tunewise.study.warmstart import warm_start_from
 from tunewise.study.budget import StudyClock
 from tunewise.study.identity import make_identity, record_params
 from tunewise.study.runner import RunResult, run_trials

@@ -121,7 +121,7 @@ def warm_start(
     enqueued = []
     for trial in best:
         params = space.clip(trial.params)
-        if params and _enqueue_new(study, params, trial.number):
+        if params and enqueue_new(study, params, trial.number):
             enqueued.append(params)
     study.set_user_attr(
         LINEAGE_KEY, {"from_study": source_name, "trials": [t.number for t in best], "mode": "warm_start"}
@@ -129,7 +129,7 @@ def warm_start(
     return enqueued
 
 
-def _enqueue_new(study: optuna.Study, params: dict[str, Any], source_number: int) -> bool:
+def enqueue_new(study: optuna.Study, params: dict[str, Any], source_number: int) -> bool:
     """Enqueue unless the study already holds these params; whether a trial was added."""
     before = len(study.get_trials(deepcopy=False))
     study.enqueue_trial(params, user_attrs={WARM_START_KEY: source_number}, skip_if_exists=True)

@@ -21,9 +21,10 @@ from __future__ import annotations
 from typing import Any, Callable, Sequence
 
 import optuna
+from optuna.trial import FrozenTrial
 
 from tunewise.errors import ConfigError
-from tunewise.records import identity
+from tunewise.records import identity, ranked
 from tunewise.study import pareto
 from tunewise.study.identity import open_study
 from tunewise.study.storage import load_if_exists
@@ -88,6 +89,10 @@ class SingleObjective:
 
     def refuse_narrowing(self, study: optuna.Study) -> None:
         """ConfigError when the focused phase cannot narrow around `study` (never here)."""
+
+    def ranked(self, study: optuna.Study) -> list[FrozenTrial]:
+        """The trials worth starting from (a warm start), best first: every complete trial."""
+        return ranked(study.get_trials(deepcopy=False), study.directions[0])
 
 
 class ParetoFront(SingleObjective):
@@ -157,6 +162,10 @@ class ParetoFront(SingleObjective):
 
     def final_tables(self, study: optuna.Study) -> list[tuple[str, list[dict[str, Any]]]]:
         return [(f"Pareto front of {study.study_name}", pareto.pareto_rows(study))]
+
+    def ranked(self, study: optuna.Study) -> list[FrozenTrial]:
+        """The Pareto front, best macro-F1 first."""
+        return pareto.pareto_front(study)
 
     def refuse_narrowing(self, study: optuna.Study) -> None:
         raise ConfigError(

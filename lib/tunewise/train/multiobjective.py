@@ -21,12 +21,13 @@ class MultiObjective(Objective):
     """The training objective returning (macro-F1, then latency_ms and/or params as asked).
     No epoch is reported (Optuna cannot prune a multi-objective trial)."""
 
-    prunable = False
-
     def __init__(self, *args, objectives: Sequence[str] = ("f1", "latency_ms", "params"), **kwargs):
         super().__init__(*args, **kwargs)
         self.objectives = check_objectives(list(objectives))
         self._measured: dict[str, tuple[float, int]] = {}  # model name -> (ms per image, parameters)
+
+    def report(self, trial: optuna.Trial, m) -> None:
+        """Nothing reported: Optuna cannot prune a multi-objective trial."""
 
     def measure(self, cfg) -> tuple[float, int]:
         """(latency in ms per image, parameter count) of `cfg.model` on this device, once per model."""

@@ -4,8 +4,8 @@ A new study can begin with the best trials of earlier ones: those on the same da
 (`warm_start_from: [auto]`, matched by the recorded dataset fingerprint), those that
 trained the same model family (`[family]`: timm's module, e.g. every convnext_* model), or
 named explicitly. Their parameters are enqueued clipped to the new space
-(`SearchSpace.clip`), and the lineage is recorded. From a multi-objective study (or into
-one) "best" means highest macro-F1 on the Pareto front. `trials_to_reach` tells the
+(`SearchSpace.clip`), and the lineage is recorded. "Best" is the source's objective
+strategy's ranking (from a multi-objective study: its Pareto front by macro-F1). `trials_to_reach` tells the
 post-mortem how early a study reached a given score (e.g. a cold study's best).
 """
 
@@ -14,21 +14,13 @@ from __future__ import annotations
 from typing import Any
 
 import optuna
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import TrialState
 
 from tunewise.errors import ConfigError, did_you_mean
-from tunewise.records import (
-    FINISHED_STATES,
-    LINEAGE_KEY,
-    SPACE_KEY,
-    WARM_START_KEY,
-    identity,
-    ranked as ranked_trials,
-    sign,
-    storage_of,
-)
-from tunewise.search.narrow import warm_start
+from tunewise.records import FINISHED_STATES, LINEAGE_KEY, SPACE_KEY, complete_trials, identity, sign, storage_of
+from tunewise.search.narrow import enqueue_new
 from tunewise.search.space import SearchSpace
+from tunewise.study.strategy import strategy_of
 
 AUTO = "auto"  # the studies recorded on the same dataset
 FAMILY = "family"  # the studies that trained the same model family
@@ -80,36 +72,18 @@ def source_studies(study: optuna.Study, names: list[str]) -> list[optuna.Study]:
     return [optuna.load_study(study_name=n, storage=storage) for n in dict.fromkeys(chosen)]
 
 
-def ranked(source: optuna.Study) -> list[FrozenTrial]:
-    """A source's complete trials, best first: by value, or (multi-objective) its Pareto
-    front by macro-F1."""
-    trials = source.best_trials if len(source.directions) > 1 else source.get_trials(deepcopy=False)
-    return ranked_trials(trials, source.directions[0])
-
-
 def warm_start_from(study: optuna.Study, space: SearchSpace, names: list[str], n: int) -> list[dict[str, Any]]:
     """Enqueue the best `n` trials of each source study, clipped to `space`; record where from.
     Sources optimizing the other way (or with no complete trial) are passed over."""
     enqueued, lineage = [], []
-    single = len(study.directions) == 1
     for source in source_studies(study, names):
-        complete = source.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        if not complete or sign(source) != sign(study):
+        if not complete_trials(source) or sign(source) != sign(study):
             continue
-        if single and len(source.directions) == 1:
-            # One value each: narrow's warm start, the same one the focused phase uses.
-            enqueued += warm_start(study, complete, space, n, study.direction.name.lower(), source_name=source.study_name)
-            best = ranked(source)[:n]
-        else:
-            best = ranked(source)[:n]
-            for trial in best:
-                params = space.clip(trial.params)
-                if not params:
-                    continue
-                before = len(study.get_trials(deepcopy=False))
-                study.enqueue_trial(params, user_attrs={WARM_START_KEY: trial.number}, skip_if_exists=True)
-                if len(study.get_trials(deepcopy=False)) > before:
-                    enqueued.append(params)
+        best = strategy_of(source).ranked(source)[:n]
+        for trial in best:
+            params = space.clip(trial.params)
+            if params and enqueue_new(study, params, trial.number):
+                enqueued.append(params)
         lineage.append({"from_study": source.study_name, "trials": [t.number for t in best]})
     if lineage:
         study.set_user_attr(LINEAGE_KEY, {"mode": "warm_start", "sources": lineage})
