@@ -31,7 +31,7 @@ from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState, create_trial
 
-from tunewise.report import charts
+from tunewise.report import charts, tables
 
 from tunewise.phases import postmortem
 from tunewise.records import BASELINE_KEY
@@ -130,7 +130,7 @@ def steps(study: optuna.Study) -> list[tuple[str, Callable[[], object]]]:
         ("pruning_savings", lambda: postmortem.pruning_savings(study)),
         ("stop_reasons", lambda: postmortem.stop_reasons(study)),
         ("summarize_study", lambda: postmortem.summarize_study(study)),
-        ("phase_table + render_table", lambda: postmortem.render_table(postmortem.phase_table([study]))),
+        ("phase_table + render_table", lambda: tables.phase_table_html(postmortem.phase_table([study]))),
     ]
 
 

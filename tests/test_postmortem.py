@@ -14,7 +14,7 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState, create_trial
 
 from tunewise.phases import postmortem
-from tunewise.report import charts
+from tunewise.report import charts, tables
 from tunewise.records import BASELINE_KEY
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -133,7 +133,7 @@ def test_phase_table_on_two_studies_and_its_html(tmp_path):
                        "roi_per_h": pytest.approx(0.0622)}
     assert rows[1]["phase"] is None and rows[1]["time_h"] == 3.0 and rows[1]["trials"] == 2
     assert rows[1]["gain"] == pytest.approx(0.0034) and rows[1]["roi_per_h"] == pytest.approx(0.0034 / 3)
-    html = postmortem.render_table(rows)
+    html = tables.phase_table_html(rows)
     for text in ("<th>before (baseline)</th>", "<td>0.8234</td>", "<td>0.9478</td>", "<td>+0.1244</td>",
                  "<td>+15.1%</td>", "<td>2.00</td>", "<td>+0.0622</td>", "focused &lt;b&gt;", "<td>–</td>"):
         assert text in html

@@ -193,18 +193,18 @@ def pipeline(file: str | Path | None, overrides: dict[str, Any], out: Path, *, p
 
 def write_index(out: Path, runs: list[PhaseRun]) -> Path:
     """A small page linking each phase's report, with its headline figures."""
-    rows = []
-    for r in runs:
-        s = r.summary or {}
-        status = "failed" if not r.ok else ("skipped search" if r.skipped else "done")
-        link = f'<a href="{r.phase}/{r.phase}.html">{r.phase}</a>' if r.html else r.phase
-        headline = html.escape(str(s.get("headline", "")))
-        rows.append(f"<tr><td>{link}</td><td>{status}</td><td>{headline}</td><td>{r.wall_s:.1f}</td></tr>")
+    from tunewise.report.tables import html_table
+
+    rows = [{
+        "phase": f'<a href="{r.phase}/{r.phase}.html">{r.phase}</a>' if r.html else html.escape(r.phase),
+        "status": "failed" if not r.ok else ("skipped search" if r.skipped else "done"),
+        "result": str((r.summary or {}).get("headline", "")),
+        "wall s": f"{r.wall_s:.1f}",
+    } for r in runs]
     page = (
         "<!doctype html><html><head><meta charset='utf-8'><title>tunewise run</title>"
         "<style>body{font-family:sans-serif;margin:2em}td,th{padding:4px 12px;text-align:left}</style></head>"
-        f"<body><h1>tunewise run: {html.escape(out.name)}</h1><table><tr><th>phase</th><th>status</th>"
-        f"<th>result</th><th>wall s</th></tr>{''.join(rows)}</table></body></html>"
+        f"<body><h1>tunewise run: {html.escape(out.name)}</h1>{html_table(rows, raw=['phase'])}</body></html>"
     )
     return write_text_atomic(out / "index.html", page)
 

@@ -32,6 +32,7 @@ from tunewise.study.budget import finished_trials
 from tunewise.study.stoprules import Verdict, should_continue_optimization
 from tunewise.study.storage import load_if_exists, open_storage
 from tunewise.study.strategy import strategy_for, strategy_of
+from tunewise.report.tables import html_table, phase_table_html
 from tunewise.phases.validate import Validation, noise_std, save_noise, validate_configs, write_params_file
 
 # JupyterLab draws plotly's own mime type natively, and the HTML report turns it into
@@ -48,14 +49,10 @@ def resolve(namespace: dict[str, Any]) -> dict[str, Any]:
 def table(rows: list[dict[str, Any]], caption: str = "") -> HTML:
     if not rows:
         return HTML(f"<p><i>{html.escape(caption)}: nothing to show</i></p>")
-    cols = list(rows[0])
-    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in cols)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(r.get(c)))}</td>" for c in cols) + "</tr>" for r in rows)
-    cap = f"<caption style='text-align:left'><b>{html.escape(caption)}</b></caption>" if caption else ""
-    return HTML(f"<table>{cap}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+    return HTML(html_table(rows, columns=list(rows[0]), cell=_fmt, caption=caption))
 
 
-def _fmt(v: Any) -> str:
+def _fmt(key: str, v: Any) -> str:
     if isinstance(v, float):
         return f"{v:.4g}"
     return "" if v is None else str(v)
@@ -381,7 +378,7 @@ def show_pareto(studies: list[optuna.Study], p: dict[str, Any]) -> None:
 
 
 def show_phase_table(studies: list[optuna.Study]) -> HTML:
-    return HTML("<p><b>The phases side by side</b> (the seed's case format)</p>" + postmortem.render_table(postmortem.phase_table(studies)))
+    return HTML("<p><b>The phases side by side</b> (the seed's case format)</p>" + phase_table_html(postmortem.phase_table(studies)))
 
 
 def show_stops_and_savings(studies: list[optuna.Study]) -> HTML:

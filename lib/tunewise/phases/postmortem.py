@@ -5,8 +5,8 @@
   draws it).
 - ``pruning_savings``: epochs, and so time, that pruning did not spend.
 - ``stop_reasons``: why the study stopped, in one sentence.
-- ``phase_table`` / ``render_table``: one row per study in the seed's case format
-  (baseline -> best, trials, hours, gain, gain per hour) and a small HTML table of it.
+- ``phase_table``: one row per study in the seed's case format (baseline -> best, trials,
+  hours, gain, gain per hour); report/tables.py renders it.
 - ``summarize_study``: the JSON-friendly summary of one study.
 
 The baseline and the best trial are records.py's (the same the summaries and stop rules
@@ -15,7 +15,6 @@ use). Gains are signed so that an improvement is positive whichever way the stud
 
 from __future__ import annotations
 
-import html
 from datetime import datetime
 from typing import Any
 
@@ -197,37 +196,6 @@ def _phase_row(study: optuna.Study) -> dict[str, Any]:
         "gain_pct": None if relative is None else relative * 100,
         "roi_per_h": gain / hours if gain is not None and hours else None,
     }
-
-
-_COLUMNS = {  # key: (header, format)
-    "study": ("study", "{}"),
-    "phase": ("phase", "{}"),
-    "baseline": ("before (baseline)", "{:.4f}"),
-    "best": ("after (best)", "{:.4f}"),
-    "trials": ("trials", "{}"),
-    "time_h": ("time (h)", "{:.2f}"),
-    "gain": ("gain", "{:+.4f}"),
-    "gain_pct": ("gain (%)", "{:+.1f}%"),
-    "roi_per_h": ("ROI (gain per hour)", "{:+.4f}"),
-}
-
-
-def render_table(rows: list[dict[str, Any]]) -> str:
-    """A small HTML table of ``phase_table`` rows (known columns formatted, others as is)."""
-    keys = list(dict.fromkeys(k for row in rows for k in row))
-    head = "".join(f"<th>{html.escape(_COLUMNS.get(k, (k,))[0])}</th>" for k in keys)
-    body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(_cell(row.get(k), k))}</td>" for k in keys) + "</tr>"
-        for row in rows
-    )
-    return f'<table class="tunewise-table"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
-
-
-def _cell(value: Any, key: str) -> str:
-    if value is None:
-        return "–"
-    fmt = _COLUMNS.get(key, (key, "{}"))[1]
-    return fmt.format(value) if isinstance(value, (int, float)) else str(value)
 
 
 # --- helpers ------------------------------------------------------------------------------
