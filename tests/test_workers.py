@@ -48,9 +48,9 @@ from tunewise.study.workers import (
     _stop_all,
     _watch,
     _Worker,
-    merge_studies,
     plan_workers,
 )
+from tunewise.study.merge import merge_studies
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 pytestmark = pytest.mark.filterwarnings("ignore:Heartbeat of storage:UserWarning")

@@ -148,7 +148,7 @@ def _worker(args, overrides: dict) -> int:
 
 
 def _merge(args) -> int:
-    from tunewise.study.workers import merge_studies
+    from tunewise.study.merge import merge_studies
 
     sources = []
     for source in args.sources:

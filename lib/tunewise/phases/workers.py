@@ -30,12 +30,11 @@ from tunewise.atomic import write_json_atomic
 from tunewise.errors import ConfigError, TunewiseError
 from tunewise.phases import prepare as phase
 from tunewise.study.identity import recorded_params
-from tunewise.study.storage import ENV_VAR, StorageLost, open_storage
+from tunewise.study.storage import ENV_VAR, StorageLost, load_study, open_storage
 from tunewise.study.workers import (
     STOP_GRACE_S,
     ParentWatch,
     limit_threads,
-    load_study,
     plan_workers,
     run_worker_processes,
     worker_sampler,

@@ -115,7 +115,7 @@ def warm_start(
 
     Returns the parameters enqueued; ones already in ``study`` (a rerun) are skipped.
     """
-    if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+    if not is_int(n) or n < 0:
         raise ConfigError(f"warm_start_n: {n!r} is not allowed; allowed: an integer >= 0")
     best = best_complete(trials, direction)[:n]
     enqueued = []

@@ -31,6 +31,7 @@ from optuna.trial import FrozenTrial, TrialState
 from tunewise.errors import ConfigError, did_you_mean, is_int, is_number
 from tunewise.records import (
     FAIL_REASON_KEY,
+    FINISHED_STATES,
     NOISE_FLOOR_KEY,
     STOP_DETAILS_KEY,
     STOP_REASON_KEY,
@@ -249,7 +250,7 @@ class Budget(StopRule):
         self._elapsed_s = elapsed_s or _wall_clock_since(time.monotonic())
 
     def check(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, Any] | None:
-        finished = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+        finished = len(study.get_trials(deepcopy=False, states=FINISHED_STATES))
         elapsed = float(self._elapsed_s())
         figures = {"finished_trials": finished, "max_trials": self.max_trials,
                    "elapsed_s": elapsed, "max_seconds": self.max_seconds}

@@ -515,3 +515,12 @@ def load_if_exists(storage: BaseStorage, name: str) -> optuna.Study | None:
     if name not in optuna.get_all_study_names(storage):
         return None
     return optuna.load_study(study_name=name, storage=storage)
+
+
+def load_study(name: str, storage: BaseStorage) -> optuna.Study:
+    """Study ``name`` in ``storage``; ConfigError naming the studies there when it is not."""
+    names = optuna.get_all_study_names(storage)
+    if name not in names:
+        raise ConfigError(f"study {name!r} is not in storage {location(storage)}{did_you_mean(name, names)}; "
+                          f"allowed: {', '.join(sorted(names)) or 'none there yet'}")
+    return optuna.load_study(study_name=name, storage=storage)
