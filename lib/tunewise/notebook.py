@@ -31,7 +31,7 @@ from tunewise.study import pareto
 from tunewise.study.budget import finished_trials
 from tunewise.study.stoprules import Verdict, should_continue_optimization
 from tunewise.study.storage import load_if_exists, open_storage
-from tunewise.study.strategy import strategy_for, strategy_of
+from tunewise.study.strategy import strategy_of
 from tunewise.report.tables import html_table, phase_table_html
 from tunewise.phases.validate import Validation, noise_std, save_noise, validate_configs, write_params_file
 
@@ -106,7 +106,7 @@ def search(p: dict[str, Any], *, prep: tuning.Prepared | None = None, baseline: 
         # The prediction, kept so the post-mortem can put it next to what happened.
         prep.study.set_user_attr(ADVICE_KEY, advise(situation(p)).to_dict())
     callbacks = []
-    note = strategy_for(p).live_chart_note
+    note = prep.strategy.live_chart_note
     if p["interactive"] and note:
         display(HTML(f"<p><i>{html.escape(note)}</i></p>"))
     elif p["interactive"]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import warnings
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -31,7 +31,7 @@ from tunewise.study.budget import StudyClock
 from tunewise.study.identity import make_identity, record_params
 from tunewise.study.runner import RunResult, run_trials
 from tunewise.study.storage import JOURNAL_NAME, open_storage, redact
-from tunewise.study.strategy import METRIC, strategy_for, strategy_of
+from tunewise.study.strategy import METRIC, ObjectiveStrategy, SingleObjective, strategy_for
 from tunewise.train.hparams import TrainConfig
 from tunewise.train.objective import Objective
 
@@ -44,6 +44,7 @@ class Prepared:
     objective: Objective
     study: optuna.Study
     run_dir: Path
+    strategy: ObjectiveStrategy = field(default_factory=SingleObjective)  # chosen once, in check()
 
 
 @dataclass
@@ -55,6 +56,7 @@ class Checked:
     pruner: optuna.pruners.BasePruner
     data: ImageData
     objective: Objective
+    strategy: ObjectiveStrategy = field(default_factory=SingleObjective)
 
 
 def check(p: dict[str, Any], space: SearchSpace | None = None) -> Checked:
@@ -69,7 +71,7 @@ def check(p: dict[str, Any], space: SearchSpace | None = None) -> Checked:
     objective = strategy.objective(
         data, space, P.train_settings(p), val_fraction=p["val_fraction"], split_seed=p["split_seed"], device=p["device"],
     )
-    return Checked(space, sampler, pruner, data, objective)
+    return Checked(space, sampler, pruner, data, objective, strategy)
 
 
 def prepare(p: dict[str, Any], checked: Checked | None = None, *, record: bool = True) -> Prepared:
@@ -85,7 +87,7 @@ def prepare(p: dict[str, Any], checked: Checked | None = None, *, record: bool =
         phase=p["phase"], space_fingerprint=c.space.fingerprint(), data_fingerprint=c.data.fingerprint,
         model=model, metric=METRIC,
     )
-    strategy = strategy_for(p)
+    strategy = c.strategy
     study = strategy.open_study(p["study_name"], storage, identity=identity, sampler=c.sampler, pruner=c.pruner,
                                 force=p["force"])
     study.set_user_attr(SPACE_KEY, c.space.to_dict())
@@ -99,7 +101,7 @@ def prepare(p: dict[str, Any], checked: Checked | None = None, *, record: bool =
         # A resumed run with the same seed would replay the first run's random draws
         # (duplicate trials): offset the seed by what the study already holds.
         study.sampler = make_sampler(p["sampler"], seed=p["seed"] + len(study.trials))
-    return Prepared(p, c.space, c.data, c.objective, study, run_dir)
+    return Prepared(p, c.space, c.data, c.objective, study, run_dir, strategy)
 
 
 def baseline_params(space: SearchSpace, fixed: dict[str, Any]) -> dict[str, Any]:
@@ -122,7 +124,7 @@ def run_here(
     study = prep.study
     start_new_study(prep)
     clock = StudyClock(study)
-    rules, _ = strategy_of(study).stop_rules(p["stop_rules"], elapsed_s=clock.elapsed_s)
+    rules, _ = prep.strategy.stop_rules(p["stop_rules"], elapsed_s=clock.elapsed_s)
     result = run_trials(
         study, prep.objective, n_trials=p["n_trials"], timeout=p["timeout"], callbacks=[*rules, *callbacks], clock=clock,
         show_progress_bar=show_progress_bar,
@@ -175,7 +177,7 @@ def summarize(prep: Prepared, result: RunResult, baseline: float | None = None) 
         "pruner": describe_pruner(p["pruner"]),
         "search_space": prep.space.to_dict(),
         "tunewise_version": __version__,
-        **strategy_of(study).summary_extra(study, p),
+        **prep.strategy.summary_extra(study, p),
     }
 
 

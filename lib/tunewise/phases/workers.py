@@ -21,14 +21,13 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import optuna
 
 from tunewise import config
 from tunewise.atomic import write_json_atomic
 from tunewise.errors import ConfigError, TunewiseError
-from tunewise.phases import prepare as phase
 from tunewise.study.identity import recorded_params
 from tunewise.study.storage import ENV_VAR, StorageLost, load_study, open_storage
 from tunewise.study.workers import (
@@ -39,6 +38,9 @@ from tunewise.study.workers import (
     run_worker_processes,
     worker_sampler,
 )
+
+if TYPE_CHECKING:
+    from tunewise.phases.prepare import Prepared
 
 WORKER_MODULE = "tunewise.phases.workers"  # what `python -m` runs in each worker process
 EXIT_STORAGE_LOST = 3
@@ -55,7 +57,7 @@ def run_workers(
     threads: int | None = None,
     poll_s: float = 1.0,
     stop_grace_s: float = STOP_GRACE_S,
-    prep: phase.Prepared | None = None,
+    prep: Prepared | None = None,
     baseline: float | None = None,
 ) -> dict[str, Any]:
     """Run the phase's study with ``n_workers`` processes; returns the study-wide summary
@@ -67,6 +69,8 @@ def run_workers(
     ``stop_grace_s`` and returns the summary with ``interrupted`` true. ``prep`` reuses
     an earlier ``prepare(p)``; ``baseline`` is as in ``tuning.tune``.
     """
+    from tunewise.phases import prepare as phase
+
     plans = plan_workers(p, n_workers, gpus, threads)
     prep = prep or phase.prepare(p)
     phase.start_new_study(prep)
@@ -105,6 +109,10 @@ def join_study(
         raise ConfigError("worker: no storage given; allowed: --storage URL (e.g. "
                           "postgresql://USER:${PASSWORD}@HOST/DB or a .journal file) or $TUNEWISE_STORAGE")
     study = load_study(study_name, open_storage(url, ".", must_exist=True))
+    # Only now the training stack (torch, timm): a worker that cannot reach its storage
+    # says so in a second.
+    from tunewise.phases import prepare as phase
+
     overrides = dict(overrides or {})
     # One worker, headless; the study's recorded parameters under this machine's overrides.
     p = config.resolve({**recorded_params(study), "storage": storage_url, "force": False,

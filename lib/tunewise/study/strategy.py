@@ -37,8 +37,9 @@ METRIC = "macro_f1"  # what every tunewise study optimizes first
 PARETO_RULES = ("budget", "failure_guard")  # the stop rules that need no single best value
 
 
-class SingleObjective:
-    """Macro-F1 alone: one best value, pruning, every stop rule, the focused phase's gate."""
+class ObjectiveStrategy:
+    """What a study's objectives decide. The answers here are macro-F1 alone's (one best
+    value, pruning, every stop rule, the focused phase's gate); ParetoFront overrides them."""
 
     objectives: tuple[str, ...] = ("f1",)
     one_best_value = True  # a gate, narrowing, validation and the phase table can use it
@@ -95,7 +96,11 @@ class SingleObjective:
         return ranked(study.get_trials(deepcopy=False), study.directions[0])
 
 
-class ParetoFront(SingleObjective):
+class SingleObjective(ObjectiveStrategy):
+    """Macro-F1 alone: one best value, pruning, every stop rule, the focused phase's gate."""
+
+
+class ParetoFront(ObjectiveStrategy):
     """Macro-F1 against latency and/or size: a Pareto front, no pruning, no single-value rules."""
 
     one_best_value = False
@@ -174,13 +179,13 @@ class ParetoFront(SingleObjective):
         )
 
 
-def strategy_for(p: dict[str, Any]) -> SingleObjective:
+def strategy_for(p: dict[str, Any]) -> ObjectiveStrategy:
     """The strategy a run with parameters `p` uses (from `objectives`)."""
     names = list(p.get("objectives") or ["f1"])
     return ParetoFront(names) if len(names) > 1 else SingleObjective()
 
 
-def strategy_of(study: optuna.Study) -> SingleObjective:
+def strategy_of(study: optuna.Study) -> ObjectiveStrategy:
     """The strategy a study on disk was made with (from its directions and identity)."""
     return ParetoFront(pareto.objective_names(study)) if len(study.directions) > 1 else SingleObjective()
 
