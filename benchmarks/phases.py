@@ -33,7 +33,8 @@ import torch
 from tunewise import params as P
 from tunewise.study.storage import open_storage
 from tunewise.phases.tuning import tune
-from tunewise.search.warmstart import best_f1, trials_to_reach
+from tunewise.records import best_value as best_f1
+from tunewise.study.warmstart import trials_to_reach
 
 SPACE = {
     "lr": {"type": "float", "low": 1.0e-4, "high": 1.0e-1, "log": True},

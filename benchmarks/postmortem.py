@@ -31,10 +31,10 @@ from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState, create_trial
 
-from tunewise.report import charts
+from tunewise.report import charts, tables
 
 from tunewise.phases import postmortem
-from tunewise.phases.tuning import BASELINE_ATTR
+from tunewise.records import BASELINE_KEY
 
 EPOCHS = 5
 DISTRIBUTIONS = {
@@ -90,7 +90,7 @@ def synthetic_trials(n: int, seed: int) -> list:
         clock += dt.timedelta(seconds=float(len(curve) * rng.uniform(20, 40)) + 5)
         attrs = {"epochs_run": len(curve), "accuracy": final + 0.01}
         if number == 0:
-            attrs[BASELINE_ATTR] = True
+            attrs[BASELINE_KEY] = True
         if state == TrialState.FAIL:
             attrs["fail_reason"] = "RuntimeError: synthetic failure"
         trial = create_trial(state=state, value=final if state == TrialState.COMPLETE else None,
@@ -125,12 +125,12 @@ def steps(study: optuna.Study) -> list[tuple[str, Callable[[], object]]]:
         ("contour_top2", lambda: charts.contour_top2(study)),
         ("intermediate_values", lambda: charts.intermediate_values(study)),
         ("timeline", lambda: charts.timeline(study)),
-        ("roi_figure", lambda: postmortem.roi_figure(study)),
+        ("roi_figure", lambda: charts.roi_figure(study)),
         ("roi_curve", lambda: postmortem.roi_curve(study)),
         ("pruning_savings", lambda: postmortem.pruning_savings(study)),
         ("stop_reasons", lambda: postmortem.stop_reasons(study)),
         ("summarize_study", lambda: postmortem.summarize_study(study)),
-        ("phase_table + render_table", lambda: postmortem.render_table(postmortem.phase_table([study]))),
+        ("phase_table + render_table", lambda: tables.phase_table_html(postmortem.phase_table([study]))),
     ]
 
 

@@ -27,7 +27,7 @@ from browser_helpers import ROOT, artifact, browser, chromium_missing, jupyter_l
 from tunewise import params as P
 from tunewise.cli import main
 from tunewise.study.storage import open_storage
-from tunewise.phases.tuning import SPACE_ATTR
+from tunewise.records import SPACE_KEY
 
 pytestmark = pytest.mark.browser
 
@@ -298,7 +298,7 @@ def test_quick_notebook_in_jupyterlab_widgets_live_chart_progress(chromium, lab,
     # The study searched what the sliders said.
     storage = open_storage(str(lab_root / run / "study.journal"), lab_root / run)
     study = optuna.load_study(study_name="browser", storage=storage)
-    assert study.user_attrs[SPACE_ATTR] == {"lr": NARROWED_LR, "batch_size": {"type": "categorical", "choices": [64]}}
+    assert study.user_attrs[SPACE_KEY] == {"lr": NARROWED_LR, "batch_size": {"type": "categorical", "choices": [64]}}
     assert len(study.trials) == n and all(t.state.name == "COMPLETE" for t in study.trials)
     assert len({t.user_attrs["tunewise.worker"]["pid"] for t in study.trials}) == workers
     for t in study.trials:

@@ -14,7 +14,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState, create_trial
 
 from tunewise.report import charts
-from tunewise.phases.tuning import BASELINE_ATTR
+from tunewise.records import BASELINE_KEY
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -42,7 +42,7 @@ def normal_study(n: int = 24) -> optuna.Study:
                                 sampler=optuna.samplers.RandomSampler(seed=0),
                                 pruner=optuna.pruners.MedianPruner(n_startup_trials=4))
     study.set_user_attr("tunewise.identity", {"phase": "quick", "metric": "macro_f1"})
-    study.enqueue_trial({"lr": 1e-3, "dropout": 0.0, "batch_size": 32}, user_attrs={BASELINE_ATTR: True})
+    study.enqueue_trial({"lr": 1e-3, "dropout": 0.0, "batch_size": 32}, user_attrs={BASELINE_KEY: True})
     study.optimize(objective, n_trials=n)
     return study
 
@@ -151,7 +151,7 @@ def test_contour_bins_a_big_grid_keeping_the_best(monkeypatch):
 def test_live_chart_follows_a_real_optimize_headless(capsys):
     study = optuna.create_study(direction="maximize", pruner=optuna.pruners.MedianPruner(n_startup_trials=3))
     study.set_user_attr("tunewise.identity", {"metric": "macro_f1"})
-    study.enqueue_trial({"lr": 1e-3, "dropout": 0.0, "batch_size": 32}, user_attrs={BASELINE_ATTR: True})
+    study.enqueue_trial({"lr": 1e-3, "dropout": 0.0, "batch_size": 32}, user_attrs={BASELINE_KEY: True})
     chart = charts.LiveChart(12, title="quick")
     chart.display()  # plain Python: nothing to show, nothing printed
     calls = []

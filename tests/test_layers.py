@@ -12,7 +12,7 @@ import tunewise
 PKG = Path(tunewise.__file__).parent
 # Lowest first. A module may import its own layer and those below it, never one above.
 LAYERS = [
-    {"tunewise", "tunewise.errors", "tunewise.atomic", "tunewise.units"},
+    {"tunewise", "tunewise.errors", "tunewise.atomic", "tunewise.units", "tunewise.records"},
     {"tunewise.data"},
     {"tunewise.train"},
     {"tunewise.search"},

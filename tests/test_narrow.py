@@ -11,7 +11,8 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState, create_trial
 
 from tunewise.errors import ConfigError
-from tunewise.search.narrow import LINEAGE_ATTR, WARM_START_ATTR, best_complete, narrow_space, warm_start
+from tunewise.records import LINEAGE_KEY, WARM_START_KEY
+from tunewise.search.narrow import best_complete, narrow_space, warm_start
 from tunewise.search.space import SearchSpace
 
 SPACE = SearchSpace.from_dict({
@@ -217,7 +218,7 @@ def test_warm_start_enqueues_clipped_params_that_the_next_trials_run(tmp_path):
     assert fourth["width"] == 40 and fourth["epochs"] == 10 and fourth["dropout"] == 0.25
     assert "batch_size" not in fourth  # 8 was dropped: the sampler picks it
     best_numbers = [t.number for t in best_complete(source)][:4]
-    assert focused.user_attrs[LINEAGE_ATTR] == {"from_study": "quick", "trials": best_numbers, "mode": "warm_start"}
+    assert focused.user_attrs[LINEAGE_KEY] == {"from_study": "quick", "trials": best_numbers, "mode": "warm_start"}
 
     # A rerun (a resumed notebook) enqueues nothing twice.
     reopened = journal_study(tmp_path / "study.journal", "focused")
@@ -226,7 +227,7 @@ def test_warm_start_enqueues_clipped_params_that_the_next_trials_run(tmp_path):
     ran = []
     reopened.optimize(lambda trial: ran.append(narrowed.space.sample(trial)) or 0.0, n_trials=4)
     for params, trial, number in zip(enqueued, reopened.trials, best_numbers):
-        assert trial.user_attrs[WARM_START_ATTR] == number
+        assert trial.user_attrs[WARM_START_KEY] == number
         assert {k: trial.params[k] for k in params} == params
     assert all(narrowed.space.contains(p) for p in ran)
 

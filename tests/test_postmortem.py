@@ -14,7 +14,8 @@ from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState, create_trial
 
 from tunewise.phases import postmortem
-from tunewise.phases.tuning import BASELINE_ATTR
+from tunewise.report import charts, tables
+from tunewise.records import BASELINE_KEY
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -43,7 +44,7 @@ def study_of(trials, direction="maximize", name="s", **attrs) -> optuna.Study:
 def known_study() -> optuna.Study:
     """Baseline 0.80; best 0.90 after 3 h; 80% of the gain (0.08) at 2 h, 95% at 3 h."""
     return study_of([
-        trial(0.80, 0.0, 0.5, **{BASELINE_ATTR: True}),
+        trial(0.80, 0.0, 0.5, **{BASELINE_KEY: True}),
         trial(0.85, 0.5, 1.0),
         trial(0.60, 1.0, 1.5, state=TrialState.PRUNED, epochs=2),
         trial(0.88, 1.5, 2.0),
@@ -78,11 +79,11 @@ def test_roi_without_gain_or_trials():
 
 
 def test_roi_figure_marks_80_and_95_percent():
-    fig = postmortem.roi_figure(known_study())
+    fig = charts.roi_figure(known_study())
     assert isinstance(fig, go.Figure) and fig.data
     assert [s.x0 for s in fig.layout.shapes if s.x0 is not None and s.type == "line" and s.x0 == s.x1] == [2.0, 3.0]
     assert any("80% of the gain" in a.text for a in fig.layout.annotations)
-    empty = postmortem.roi_figure(study_of([trial(state=TrialState.PRUNED, epochs=1)]))
+    empty = charts.roi_figure(study_of([trial(state=TrialState.PRUNED, epochs=1)]))
     assert not empty.data and "No complete trial" in empty.layout.annotations[0].text
 
 
@@ -119,7 +120,7 @@ def test_stop_reasons():
 
 
 def test_phase_table_on_two_studies_and_its_html(tmp_path):
-    quick = study_of([trial(0.8234, 0, 0.5, **{BASELINE_ATTR: True}), trial(0.9478, 0.5, 1.0),
+    quick = study_of([trial(0.8234, 0, 0.5, **{BASELINE_KEY: True}), trial(0.9478, 0.5, 1.0),
                       trial(state=TrialState.PRUNED, start_h=1, end_h=1.2, epochs=1)],
                      name="quick", **{"tunewise.identity": {"phase": "quick"}, "tunewise.elapsed_s": 7200})
     # The second study lives in a journal file, as tunewise writes them; time from timestamps.
@@ -132,7 +133,7 @@ def test_phase_table_on_two_studies_and_its_html(tmp_path):
                        "roi_per_h": pytest.approx(0.0622)}
     assert rows[1]["phase"] is None and rows[1]["time_h"] == 3.0 and rows[1]["trials"] == 2
     assert rows[1]["gain"] == pytest.approx(0.0034) and rows[1]["roi_per_h"] == pytest.approx(0.0034 / 3)
-    html = postmortem.render_table(rows)
+    html = tables.phase_table_html(rows)
     for text in ("<th>before (baseline)</th>", "<td>0.8234</td>", "<td>0.9478</td>", "<td>+0.1244</td>",
                  "<td>+15.1%</td>", "<td>2.00</td>", "<td>+0.0622</td>", "focused &lt;b&gt;", "<td>–</td>"):
         assert text in html

@@ -16,19 +16,13 @@ from optuna.trial import TrialState
 
 import tunewise
 from tunewise.errors import SetupError
-from tunewise.study.runner import PHASE_KEY, STOP_DETAILS_KEY, STOP_REASON_KEY, max_attempts, run_trials
+from tunewise.records import PHASE_KEY, STOP_DETAILS_KEY, STOP_REASON_KEY
+from tunewise.study.runner import max_attempts, run_trials
 from tunewise.study.storage import open_storage
-from tunewise.study.identity import (
-    ELAPSED_KEY,
-    FAIL_REASON_KEY,
-    RETRY_OF_KEY,
-    WORKER_DIED,
-    WORKER_KEY,
-    StudyClock,
-    finished_trials,
-    make_identity,
-    open_study,
-)
+from tunewise.records import ELAPSED_KEY, FAIL_REASON_KEY, RETRY_OF_KEY, WORKER_KEY
+from tunewise.study.budget import StudyClock, finished_trials
+from tunewise.study.identity import make_identity, open_study
+from tunewise.study.recovery import WORKER_DIED
 
 optuna.logging.set_verbosity(optuna.logging.CRITICAL)
 pytestmark = pytest.mark.filterwarnings("ignore:Heartbeat of storage:UserWarning")

@@ -13,8 +13,9 @@ import pytest
 from optuna.trial import TrialState
 
 from tunewise.errors import ConfigError
+from tunewise.records import NOISE_FLOOR_KEY, STOP_DETAILS_KEY, STOP_REASON_KEY
 from tunewise.study.stoprules import (
-    DEFAULT_STOP_RULES, NOISE_FLOOR_ATTR, ROI, STOP_DETAILS_ATTR, STOP_REASON_ATTR, Budget,
+    DEFAULT_STOP_RULES, ROI, Budget,
     FailureGuard, NoiseFloor, Plateau, Target, build_stop_rules, clear_stop_record,
     should_continue_optimization, stop_summary,
 )
@@ -32,7 +33,7 @@ class Boom(Exception):
 def study_of(direction: str = "maximize", noise: float | None = None) -> optuna.Study:
     study = optuna.create_study(direction=direction, sampler=optuna.samplers.RandomSampler(seed=0))
     if noise is not None:
-        study.set_user_attr(NOISE_FLOOR_ATTR, noise)
+        study.set_user_attr(NOISE_FLOOR_KEY, noise)
     return study
 
 
@@ -56,7 +57,7 @@ def run(study: optuna.Study, outcomes: list, rules: list) -> optuna.Study:
 
 
 def details(study: optuna.Study) -> dict:
-    return study.user_attrs[STOP_DETAILS_ATTR]
+    return study.user_attrs[STOP_DETAILS_KEY]
 
 
 # --- plateau ------------------------------------------------------------------------------
@@ -65,7 +66,7 @@ def details(study: optuna.Study) -> dict:
 def test_plateau_fires_at_the_first_window_with_too_little_gain_maximize():
     study = run(study_of(), [0.50, 0.60, 0.70, 0.80, 0.805, 0.806, 0.807, 0.99], [Plateau(0.01, window=3)])
     assert len(study.trials) == 7  # trial 6: best 0.80 -> 0.807 over trials 4-6
-    assert study.user_attrs[STOP_REASON_ATTR] == "plateau"
+    assert study.user_attrs[STOP_REASON_KEY] == "plateau"
     d = details(study)
     assert d["trial"] == 6 and d["window"] == 3
     assert d["best_before"] == 0.80 and d["best"] == 0.807
@@ -108,7 +109,7 @@ def test_plateau_reads_a_noise_floor_recorded_mid_study():
 
     def objective(trial):
         if trial.number == 7:
-            trial.study.set_user_attr(NOISE_FLOOR_ATTR, 0.05)
+            trial.study.set_user_attr(NOISE_FLOOR_KEY, 0.05)
         return values[trial.number]
 
     study.optimize(objective, n_trials=len(values), callbacks=[Plateau(0.01, window=3)])
@@ -139,7 +140,7 @@ def test_noise_floor_gain_smaller_than_noise_is_not_progress():
     study = run(study_of(noise=0.02), values, [NoiseFloor(1.0, window=3)])
     assert len(study.trials) == 6
     d = details(study)
-    assert study.user_attrs[STOP_REASON_ATTR] == "noise_floor"
+    assert study.user_attrs[STOP_REASON_KEY] == "noise_floor"
     assert d["gain"] == pytest.approx(0.016) and d["threshold"] == 0.02 and d["noise_floor"] == 0.02
 
 
@@ -161,7 +162,7 @@ def test_target_fires_when_the_best_reaches_it(direction, values, target):
     study = run(study_of(direction), values, [Target(target)])
     assert len(study.trials) == 4  # reaching the target exactly counts
     d = details(study)
-    assert study.user_attrs[STOP_REASON_ATTR] == "target"
+    assert study.user_attrs[STOP_REASON_KEY] == "target"
     assert d["best"] == target and d["best_trial"] == 3 and d["target"] == target
 
 
@@ -265,7 +266,7 @@ def test_failure_guard_stops_a_broken_setup_and_summarizes_errors():
     assert len(study.trials) == 5
     assert study.trials[4].state == TrialState.FAIL
     d = details(study)
-    assert study.user_attrs[STOP_REASON_ATTR] == "failure_guard"
+    assert study.user_attrs[STOP_REASON_KEY] == "failure_guard"
     assert d["failed"] == 3 and d["trials"] == 4 and d["fail_share"] == 0.75
     assert d["errors"] == {"out of memory": 2, "unknown": 1}
     assert "'out of memory' (2x)" in d["message"]
@@ -360,7 +361,7 @@ def test_config_errors_name_the_field(config, expected):
 
 def test_a_bad_noise_floor_attr_is_reported():
     study = run(study_of(), [0.5] * 4, [])
-    study.set_user_attr(NOISE_FLOOR_ATTR, "big")
+    study.set_user_attr(NOISE_FLOOR_KEY, "big")
     with pytest.raises(ConfigError, match="tunewise.noise_floor"):
         Plateau(window=3).check(study, study.trials[-1])
 

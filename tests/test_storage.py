@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import importlib.util
+import inspect
+import subprocess
+import sys
 import socket
 import time
 
@@ -15,8 +18,11 @@ from tunewise.study.storage import (
     GRACE_PERIOD_S,
     HEARTBEAT_INTERVAL_S,
     JOURNAL_NAME,
+    OVERRIDDEN_METHODS,
+    RETRIED_METHODS,
     open_storage,
     redact,
+    slot_lock,
 )
 
 
@@ -133,3 +139,41 @@ def test_unusable_sqlite_file_is_a_setup_error(tmp_path):
     shown = r"cannot open storage sqlite:///.*not-a-db\.db: file is not a database"
     with pytest.raises(SetupError, match=shown):
         open_storage(f"sqlite:///{bad}", tmp_path)
+
+
+def _parameters(method) -> tuple[str, ...]:
+    return tuple(inspect.signature(method).parameters)[1:]  # self left out
+
+
+@pytest.mark.parametrize("name", [*RETRIED_METHODS, *OVERRIDDEN_METHODS])
+def test_every_storage_method_the_outage_wrapper_relies_on_is_still_optunas(name):
+    """An Optuna release that renames, drops or re-signs a method the outage wrapper wraps
+    fails here, not in the middle of a study (where the call would go unretried)."""
+    from optuna.storages import BaseStorage, RDBStorage
+    from optuna.storages._cached_storage import _CachedStorage
+
+    relied_on = {**RETRIED_METHODS, **OVERRIDDEN_METHODS}[name]
+    assert hasattr(RDBStorage, name), f"RDBStorage.{name} is gone"
+    assert _parameters(getattr(RDBStorage, name)) == relied_on
+    if hasattr(BaseStorage, name):
+        assert _parameters(getattr(BaseStorage, name)) == relied_on
+    else:  # a private method: only worth wrapping while Optuna's cache still calls it
+        assert f"_backend.{name}(" in inspect.getsource(_CachedStorage), f"_CachedStorage no longer calls {name}"
+
+
+def test_the_slot_lock_beside_a_journal_is_exclusive_across_processes(tmp_path):
+    """filelock's lock: a second process waits while this one holds it."""
+    study = optuna.create_study(study_name="s", storage=open_storage(None, tmp_path))
+    lock = slot_lock(study)
+    lock.acquire()
+    try:
+        code = ("import filelock, sys; lock = filelock.FileLock(sys.argv[1]); "
+                "lock.acquire(timeout=0.5)")
+        held = subprocess.run([sys.executable, "-c", code, str(tmp_path / (JOURNAL_NAME + ".slots.lock"))],
+                              capture_output=True, text=True, timeout=60)
+        assert held.returncode != 0 and "Timeout" in held.stderr
+    finally:
+        lock.release()
+    free = subprocess.run([sys.executable, "-c", code, str(tmp_path / (JOURNAL_NAME + ".slots.lock"))],
+                          capture_output=True, text=True, timeout=60)
+    assert free.returncode == 0, free.stderr

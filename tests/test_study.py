@@ -14,24 +14,18 @@ from optuna.trial import TrialState
 import tunewise
 from tunewise.errors import ConfigError
 from tunewise.study.storage import open_storage
-from tunewise.study.identity import (
+from tunewise.records import (
     ELAPSED_KEY,
     FAIL_REASON_KEY,
     HISTORY_KEY,
     IDENTITY_KEY,
-    MAX_RETRIES,
     RETRIES_KEY,
     RETRY_OF_KEY,
-    WORKER_DIED,
     WORKER_KEY,
-    StudyClock,
-    finished_trials,
-    make_identity,
-    open_study,
-    record_worker,
-    recover_stale_trials,
-    remaining_trials,
 )
+from tunewise.study.budget import StudyClock, finished_trials, remaining_trials
+from tunewise.study.identity import make_identity, open_study
+from tunewise.study.recovery import MAX_RETRIES, WORKER_DIED, record_worker, recover_stale_trials
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 pytestmark = pytest.mark.filterwarnings("ignore:Heartbeat of storage:UserWarning")

@@ -13,7 +13,8 @@ import pytest
 from tunewise import params as P
 from tunewise.cli import main
 from tunewise.errors import ConfigError
-from tunewise.phases.tuning import BASELINE_ATTR, check, prepare, tune
+from tunewise.phases.tuning import check, prepare, tune
+from tunewise.records import BASELINE_KEY
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL_SPACE = {
@@ -37,7 +38,7 @@ def test_tune_runs_baseline_first_then_resumes_exactly(tmp_path):
     assert on_disk["best_value"] == summary["best_value"] and on_disk["best_params"] == summary["best_params"]
     study = optuna.load_study(study_name="tunewise", storage=prepare(small(tmp_path)).study._storage)
     first = study.trials[0]
-    assert first.user_attrs[BASELINE_ATTR] is True
+    assert first.user_attrs[BASELINE_KEY] is True
     assert first.params == {"lr": 1e-3, "weight_decay": 0.05}  # tunewise's defaults
     assert summary["baseline_value"] == first.value
     assert summary["gain"] == pytest.approx(summary["best_value"] - first.value)

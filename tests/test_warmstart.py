@@ -10,7 +10,7 @@ from tunewise import params as P
 from tunewise.errors import ConfigError
 from tunewise.study.storage import open_storage
 from tunewise.phases.tuning import tune
-from tunewise.search.warmstart import trials_to_reach
+from tunewise.study.warmstart import trials_to_reach
 
 COLD_SPACE = {"lr": {"type": "float", "low": 1.0e-4, "high": 1.0e-1, "log": True}}
 WARM_SPACE = {"lr": {"type": "float", "low": 1.0e-4, "high": 5.0e-3, "log": True}}
@@ -56,7 +56,7 @@ def test_trials_to_reach_counts_finished_trials():
 
 
 def test_sources_by_dataset_by_model_family_and_by_name():
-    from tunewise.search.warmstart import model_family, source_studies, study_families
+    from tunewise.study.warmstart import model_family, source_studies, study_families
 
     assert model_family("convnext_tiny") == model_family("test_convnext") == "convnext"
     assert model_family("vit_small_patch16_224.augreg_in21k") == "vision_transformer"

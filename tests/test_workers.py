@@ -25,33 +25,32 @@ import tunewise
 from tunewise import params as P
 from tunewise.phases import postmortem
 from tunewise.errors import ConfigError, SetupError
-from tunewise.study.runner import STOP_REASON_KEY, run_trials
+from tunewise.study.runner import run_trials
 from tunewise.study.storage import open_storage
-from tunewise.study.identity import (
+from tunewise.records import (
+    BASELINE_KEY,
     FAIL_REASON_KEY,
+    ORIGIN_KEY,
     PARAMS_KEY,
     RETRY_OF_KEY,
-    WORKER_DIED,
+    STOP_REASON_KEY,
     WORKER_KEY,
-    finished_trials,
-    make_identity,
-    open_study,
 )
-from tunewise.phases.tuning import BASELINE_ATTR
+from tunewise.study.budget import finished_trials
+from tunewise.study.identity import make_identity, open_study
+from tunewise.study.recovery import WORKER_DIED
 
 from test_storage import _closed_port
+from tunewise.phases.workers import join_study, run_workers
 from tunewise.study.workers import (
-    ORIGIN_KEY,
     WorkerPlan,
     _describe,
     _stop_all,
     _watch,
     _Worker,
-    join_study,
-    merge_studies,
     plan_workers,
-    run_workers,
 )
+from tunewise.study.merge import merge_studies
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 pytestmark = pytest.mark.filterwarnings("ignore:Heartbeat of storage:UserWarning")
@@ -253,7 +252,7 @@ def test_a_worker_that_cannot_reach_the_storage_fails_fast_with_one_clear_line(t
 
     # As a process, what `tunewise worker --study quick --storage URL` runs.
     start = time.monotonic()
-    done = subprocess.run([sys.executable, "-m", "tunewise.study.workers", "--study", "quick", "--storage", url],
+    done = subprocess.run([sys.executable, "-m", "tunewise.phases.workers", "--study", "quick", "--storage", url],
                           capture_output=True, text=True, env=_env(), timeout=60)
     assert time.monotonic() - start < 10
     assert done.returncode == 2
@@ -309,7 +308,7 @@ def test_run_workers_trains_real_models_in_two_processes(tmp_path):
     assert on_disk["best_value"] == summary["best_value"] and len(on_disk["workers"]) == 2
 
     study = optuna.load_study(study_name="tunewise", storage=open_storage(None, tmp_path / "run"))
-    assert sum(bool(t.user_attrs.get(BASELINE_ATTR)) for t in study.trials) == 1  # queued once
+    assert sum(bool(t.user_attrs.get(BASELINE_KEY)) for t in study.trials) == 1  # queued once
     assert len({tuple(sorted(t.params.items())) for t in study.trials}) == 6  # workers seeded apart
     recorded = study.user_attrs[PARAMS_KEY]
     assert recorded["n_trials"] == 6 and "storage" not in recorded
@@ -326,7 +325,7 @@ def _per_gpu_study(journal: Path, *, n: int, seed: int, name: str = "tunewise", 
                              metric=metric, direction=direction)
     study = open_study(name, open_storage(str(journal), journal.parent), direction=direction,
                        identity=identity, sampler=optuna.samplers.RandomSampler(seed=seed))
-    study.enqueue_trial({"lr": 1e-3, "batch_size": choices[0]}, user_attrs={BASELINE_ATTR: True})
+    study.enqueue_trial({"lr": 1e-3, "batch_size": choices[0]}, user_attrs={BASELINE_KEY: True})
 
     def objective(trial):
         lr = trial.suggest_float("lr", 1e-5, 1e-2, log=True)

@@ -15,8 +15,7 @@ from optuna.trial import TrialState
 
 from tunewise.cli import main
 from tunewise.study.storage import open_storage
-from tunewise.study.identity import WORKER_KEY
-from tunewise.study.workers import ORIGIN_KEY
+from tunewise.records import ORIGIN_KEY, WORKER_KEY
 
 from test_workers import _per_gpu_study
 

@@ -32,14 +32,10 @@ from test_workers import (
 from tunewise import params as P
 from tunewise.phases import tuning
 from tunewise.study.runner import run_trials
-from tunewise.study.identity import (
-    FAIL_REASON_KEY,
-    RETRY_OF_KEY,
-    WORKER_DIED,
-    WORKER_KEY,
-    finished_trials,
-)
-from tunewise.study.workers import join_study
+from tunewise.phases.workers import join_study
+from tunewise.records import BASELINE_KEY, FAIL_REASON_KEY, RETRY_OF_KEY, WORKER_KEY
+from tunewise.study.budget import finished_trials
+from tunewise.study.recovery import WORKER_DIED
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 pytestmark = [pytest.mark.filterwarnings("ignore:Heartbeat of storage:UserWarning"),
@@ -157,7 +153,7 @@ def test_a_second_process_joins_a_study_on_postgresql(pg_url, tmp_path):
 
     # "Another machine": only the study's name and storage, as `tunewise worker` is given.
     other = subprocess.Popen(
-        [sys.executable, "-m", "tunewise.study.workers", "--study", "joined", "--storage", pg_url,
+        [sys.executable, "-m", "tunewise.phases.workers", "--study", "joined", "--storage", pg_url,
          "--threads", "1", "--set", f"run_dir={tmp_path / 'there'}"],
         env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     other.log = tmp_path / "unused"
@@ -177,4 +173,4 @@ def test_a_second_process_joins_a_study_on_postgresql(pg_url, tmp_path):
     assert finished_trials(study) == 6 and len(trials) == 6
     pids = {t.user_attrs[WORKER_KEY]["pid"] for t in trials}
     assert pids == {other.pid, os.getpid()}, "both processes ran trials"
-    assert sum(bool(t.user_attrs.get(tuning.BASELINE_ATTR)) for t in trials) == 1
+    assert sum(bool(t.user_attrs.get(BASELINE_KEY)) for t in trials) == 1

@@ -1,3 +1,5 @@
+"""`python -m tunewise`: the same as the `tunewise` command."""
+
 import sys
 
 from tunewise.cli import main

@@ -98,24 +98,21 @@ def _parser() -> argparse.ArgumentParser:
 def _advise(args, overrides: dict) -> int:
     """The advice from the data, the parameters, the flags, and the study if it already ran
     (its baseline and measured noise); nothing is written."""
-    import optuna
-
     from tunewise import params as P
     from tunewise.phases.advice import advise
     from tunewise.notebook import situation
-    from tunewise.study.storage import open_storage
-    from tunewise.phases.tuning import baseline_value
+    from tunewise.records import NOISE_FLOOR_KEY, baseline_value
+    from tunewise.study.storage import JOURNAL_NAME, load_if_exists, open_storage
 
     p = P.resolve(args.params, overrides)
     known = {"baseline": args.baseline, "days_left": args.days_left, "tuned_before": args.tuned_before,
              "heavy_regularization": args.heavy_regularization, "experienced": args.experienced}
-    journal = Path(p["run_dir"]) / "study.journal"
+    journal = Path(p["run_dir"]) / JOURNAL_NAME
     if p["storage"] or journal.exists():
-        storage = open_storage(p["storage"], p["run_dir"])
-        if p["study_name"] in optuna.get_all_study_names(storage):
-            study = optuna.load_study(study_name=p["study_name"], storage=storage)
+        study = load_if_exists(open_storage(p["storage"], p["run_dir"]), p["study_name"])
+        if study is not None:
             known["baseline"] = known["baseline"] if known["baseline"] is not None else baseline_value(study)
-            known["noise"] = study.user_attrs.get("tunewise.noise_floor")
+            known["noise"] = study.user_attrs.get(NOISE_FLOOR_KEY)
     s = situation(p, **known)
     if args.hours is not None:
         s.hours = args.hours
@@ -143,7 +140,7 @@ def _gpu_list(text: str) -> list:
 
 
 def _worker(args, overrides: dict) -> int:
-    from tunewise.study.workers import join_study
+    from tunewise.phases.workers import join_study
 
     summary = join_study(args.study, args.storage, overrides=overrides, threads=args.threads)
     _print_study(summary)
@@ -151,7 +148,7 @@ def _worker(args, overrides: dict) -> int:
 
 
 def _merge(args) -> int:
-    from tunewise.study.workers import merge_studies
+    from tunewise.study.merge import merge_studies
 
     sources = []
     for source in args.sources:

@@ -17,12 +17,13 @@ never params.py; functions take the section they need (`cfg.data`, `cfg.train`, 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, replace as _replace
+from dataclasses import dataclass, field, fields
 from typing import Any, Iterator
 
 from tunewise.data.sources import DataSpec
-from tunewise.errors import ConfigError, did_you_mean
+from tunewise.errors import ConfigError, did_you_mean, is_int, is_number
 from tunewise.train.hparams import TrainConfig
+from tunewise.train.objective_names import check_objectives
 
 PHASES = ("quick", "focused", "validate", "postmortem")
 FOCUS_MODES = ("warm_start", "resume")
@@ -34,14 +35,6 @@ SEED_SPACE: dict[str, Any] = {
     "weight_decay": {"type": "float", "low": 0.0, "high": 0.1},
     "dropout": {"type": "float", "low": 0.0, "high": 0.3},
 }
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 class _Checks:
@@ -67,7 +60,7 @@ class SplitSettings:
         c = _Checks(self)
         c.need(isinstance(self.val_fraction, float) and 0 < self.val_fraction < 1, "val_fraction",
                "a number strictly between 0 and 1")
-        c.need(_is_int(self.split_seed) and self.split_seed >= 0, "split_seed", "an integer >= 0")
+        c.need(is_int(self.split_seed) and self.split_seed >= 0, "split_seed", "an integer >= 0")
         return c.errors
 
 
@@ -96,12 +89,12 @@ class StudySettings:
     def problems(self) -> list[str]:
         c = _Checks(self)
         c.need(self.phase in PHASES, "phase", ", ".join(PHASES))
-        c.need(_is_int(self.n_trials) and self.n_trials >= 1, "n_trials", "an integer >= 1")
-        c.need(_is_int(self.workers) and self.workers >= 1, "workers", "an integer >= 1")
-        c.need(isinstance(self.gpus, list) and all(_is_int(g) and g >= 0 for g in self.gpus)
+        c.need(is_int(self.n_trials) and self.n_trials >= 1, "n_trials", "an integer >= 1")
+        c.need(is_int(self.workers) and self.workers >= 1, "workers", "an integer >= 1")
+        c.need(isinstance(self.gpus, list) and all(is_int(g) and g >= 0 for g in self.gpus)
                and len(set(self.gpus)) == len(self.gpus),
                "gpus", "a list of distinct GPU indices such as [0, 1] ([]: every visible GPU)")
-        c.need(self.timeout is None or (_is_number(self.timeout) and self.timeout > 0), "timeout",
+        c.need(self.timeout is None or (is_number(self.timeout) and self.timeout > 0), "timeout",
                "seconds > 0, or null for no limit")
         c.need(isinstance(self.study_name, str) and self.study_name.strip() != "", "study_name", "a non-empty name")
         c.need(self.storage is None or isinstance(self.storage, str), "storage",
@@ -110,8 +103,6 @@ class StudySettings:
                "a mapping of parameter: distribution or value")
         for flag in ("baseline", "force"):
             c.need(isinstance(getattr(self, flag), bool), flag, "true or false")
-        from tunewise.study.objectives import check_objectives  # here: it imports torch and the training stack
-
         try:
             check_objectives(self.objectives)
         except ConfigError as exc:
@@ -143,23 +134,23 @@ class PhaseSettings:
     def problems(self) -> list[str]:
         c = _Checks(self)
         c.need(self.focus_mode in FOCUS_MODES, "focus_mode", ", ".join(FOCUS_MODES))
-        c.need(_is_number(self.min_relative_gain), "min_relative_gain", "a number, e.g. 0.05 for 5%")
-        c.need(_is_number(self.top_share) and 0 < self.top_share <= 1, "top_share", "a share in (0, 1]")
-        c.need(_is_int(self.top_k) and self.top_k >= 0, "top_k", "an integer >= 0")
-        c.need(_is_number(self.margin) and 0 <= self.margin <= 1, "margin", "a share in [0, 1]")
-        c.need(_is_int(self.warm_start_n) and self.warm_start_n >= 0, "warm_start_n", "an integer >= 0")
-        c.need(isinstance(self.seeds, list) and bool(self.seeds) and all(_is_int(s) for s in self.seeds), "seeds",
+        c.need(is_number(self.min_relative_gain), "min_relative_gain", "a number, e.g. 0.05 for 5%")
+        c.need(is_number(self.top_share) and 0 < self.top_share <= 1, "top_share", "a share in (0, 1]")
+        c.need(is_int(self.top_k) and self.top_k >= 0, "top_k", "an integer >= 0")
+        c.need(is_number(self.margin) and 0 <= self.margin <= 1, "margin", "a share in [0, 1]")
+        c.need(is_int(self.warm_start_n) and self.warm_start_n >= 0, "warm_start_n", "an integer >= 0")
+        c.need(isinstance(self.seeds, list) and bool(self.seeds) and all(is_int(s) for s in self.seeds), "seeds",
                "a non-empty list of integers")
-        c.need(_is_int(self.folds) and (self.folds == 0 or self.folds >= 2), "folds",
+        c.need(is_int(self.folds) and (self.folds == 0 or self.folds >= 2), "folds",
                "0 (one split per seed) or an integer >= 2")
         c.need(isinstance(self.studies, list) and all(isinstance(x, str) for x in self.studies), "studies",
                "a list of study names")
         c.need(isinstance(self.warm_start_from, list) and all(isinstance(x, str) for x in self.warm_start_from),
                "warm_start_from",
                "a list of study names, [auto] for the studies on the same dataset, [family] for the same model family")
-        c.need(_is_number(self.max_latency_ms) and self.max_latency_ms >= 0, "max_latency_ms",
+        c.need(is_number(self.max_latency_ms) and self.max_latency_ms >= 0, "max_latency_ms",
                "milliseconds per image >= 0 (0: no limit)")
-        c.need(_is_int(self.max_params) and self.max_params >= 0, "max_params", "an integer >= 0 (0: no limit)")
+        c.need(is_int(self.max_params) and self.max_params >= 0, "max_params", "an integer >= 0 (0: no limit)")
         for flag in ("always_run", "interactive"):
             c.need(isinstance(getattr(self, flag), bool), flag, "true or false")
         return c.errors

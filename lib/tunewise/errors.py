@@ -1,10 +1,12 @@
 """User-facing errors: one readable message naming the field or file, what was wrong,
-and what is allowed. The CLI prints these without a traceback (unless --traceback)."""
+and what is allowed. The CLI prints these without a traceback (unless --traceback).
+Also the two value checks every parameter check uses (``is_int``, ``is_number``)."""
 
 from __future__ import annotations
 
 import difflib
-from typing import Iterable
+import math
+from typing import Any, Iterable
 
 
 class TunewiseError(Exception):
@@ -29,3 +31,14 @@ def did_you_mean(name: str, valid: Iterable[str], n: int = 3, cutoff: float = 0.
     if not matches:
         return ""
     return " (did you mean " + " or ".join(repr(m) for m in matches) + "?)"
+
+
+def is_int(value: Any) -> bool:
+    """An int, not a bool (YAML's true is no count)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_number(value: Any, *, finite: bool = True) -> bool:
+    """An int or float, not a bool; finite unless ``finite=False``."""
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and (not finite or math.isfinite(value)))

@@ -105,16 +105,14 @@ class StudyWatch:
             self.poll()
 
     def poll(self) -> None:
-        import optuna
-
-        from tunewise.study.storage import open_storage
+        from tunewise.study.storage import load_if_exists, open_storage
 
         try:
             if self._study is None:
                 storage = open_storage(self._p["storage"], self._p["run_dir"], must_exist=True)
-                if self._p["study_name"] not in optuna.get_all_study_names(storage):
+                self._study = load_if_exists(storage, self._p["study_name"])
+                if self._study is None:
                     return
-                self._study = optuna.load_study(study_name=self._p["study_name"], storage=storage)
             self._printer(self._study)
         except Exception:  # not there yet, or unreadable for a moment: the next poll tries again
             pass
@@ -164,7 +162,9 @@ def pipeline(file: str | Path | None, overrides: dict[str, Any], out: Path, *, p
     quick gain was not worth it), then validate, then post-mortem; one run folder with
     a sub-folder per phase, one shared study storage, and an index page."""
     out = Path(out)
-    storage = overrides.get("storage") or str(out / "study.journal")
+    from tunewise.study.storage import JOURNAL_NAME
+
+    storage = overrides.get("storage") or str(out / JOURNAL_NAME)
     # One storage holds every phase's study: name them apart (the user's name as a prefix).
     named = "study_name" in overrides or (file is not None and "study_name" in P.read_params_file(file))
     prefix = P.resolve(file, overrides)["study_name"] + "-" if named else ""
@@ -193,18 +193,18 @@ def pipeline(file: str | Path | None, overrides: dict[str, Any], out: Path, *, p
 
 def write_index(out: Path, runs: list[PhaseRun]) -> Path:
     """A small page linking each phase's report, with its headline figures."""
-    rows = []
-    for r in runs:
-        s = r.summary or {}
-        status = "failed" if not r.ok else ("skipped search" if r.skipped else "done")
-        link = f'<a href="{r.phase}/{r.phase}.html">{r.phase}</a>' if r.html else r.phase
-        headline = html.escape(str(s.get("headline", "")))
-        rows.append(f"<tr><td>{link}</td><td>{status}</td><td>{headline}</td><td>{r.wall_s:.1f}</td></tr>")
+    from tunewise.report.tables import html_table
+
+    rows = [{
+        "phase": f'<a href="{r.phase}/{r.phase}.html">{r.phase}</a>' if r.html else html.escape(r.phase),
+        "status": "failed" if not r.ok else ("skipped search" if r.skipped else "done"),
+        "result": str((r.summary or {}).get("headline", "")),
+        "wall s": f"{r.wall_s:.1f}",
+    } for r in runs]
     page = (
         "<!doctype html><html><head><meta charset='utf-8'><title>tunewise run</title>"
         "<style>body{font-family:sans-serif;margin:2em}td,th{padding:4px 12px;text-align:left}</style></head>"
-        f"<body><h1>tunewise run: {html.escape(out.name)}</h1><table><tr><th>phase</th><th>status</th>"
-        f"<th>result</th><th>wall s</th></tr>{''.join(rows)}</table></body></html>"
+        f"<body><h1>tunewise run: {html.escape(out.name)}</h1>{html_table(rows, raw=['phase'])}</body></html>"
     )
     return write_text_atomic(out / "index.html", page)
 

@@ -18,24 +18,27 @@ from IPython.display import HTML, display
 from optuna.trial import TrialState
 
 from tunewise import params as P
-from tunewise.study import objectives as MO
+from tunewise import records
 from tunewise.phases import postmortem, tuning
 from tunewise.phases.advice import Situation, advise
 from tunewise.atomic import write_json_atomic
 from tunewise.data.cache import describe
 from tunewise.errors import ConfigError, did_you_mean
-from tunewise.search.narrow import LINEAGE_ATTR, Narrowed, best_complete, narrow_space, warm_start
+from tunewise.records import ADVICE_KEY, LINEAGE_KEY, SPACE_KEY, baseline_value, identity
+from tunewise.search.narrow import Narrowed, best_complete, narrow_space, warm_start
 from tunewise.search.space import SearchSpace
+from tunewise.study import pareto
+from tunewise.study.budget import finished_trials
 from tunewise.study.stoprules import Verdict, should_continue_optimization
-from tunewise.study.storage import open_storage
+from tunewise.study.storage import load_if_exists, open_storage
+from tunewise.study.strategy import strategy_of
+from tunewise.report.tables import html_table, phase_table_html
 from tunewise.phases.validate import Validation, noise_std, save_noise, validate_configs, write_params_file
 
 # JupyterLab draws plotly's own mime type natively, and the HTML report turns it into
 # interactive charts with one embedded plotly.js (see report.py).
 pio.renderers.default = "plotly_mimetype"
 optuna.logging.set_verbosity(optuna.logging.WARNING)
-
-ADVICE_ATTR = "tunewise.advice"  # the advisor's prediction, recorded when a study starts
 
 
 def resolve(namespace: dict[str, Any]) -> dict[str, Any]:
@@ -46,14 +49,10 @@ def resolve(namespace: dict[str, Any]) -> dict[str, Any]:
 def table(rows: list[dict[str, Any]], caption: str = "") -> HTML:
     if not rows:
         return HTML(f"<p><i>{html.escape(caption)}: nothing to show</i></p>")
-    cols = list(rows[0])
-    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in cols)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(r.get(c)))}</td>" for c in cols) + "</tr>" for r in rows)
-    cap = f"<caption style='text-align:left'><b>{html.escape(caption)}</b></caption>" if caption else ""
-    return HTML(f"<table>{cap}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+    return HTML(html_table(rows, columns=list(rows[0]), cell=_fmt, caption=caption))
 
 
-def _fmt(v: Any) -> str:
+def _fmt(key: str, v: Any) -> str:
     if isinstance(v, float):
         return f"{v:.4g}"
     return "" if v is None else str(v)
@@ -103,13 +102,13 @@ def with_space(p: dict[str, Any], editor) -> dict[str, Any]:
 def search(p: dict[str, Any], *, prep: tuning.Prepared | None = None, baseline: float | None = None) -> dict[str, Any]:
     """Run (or resume) the phase's study; a live chart and progress bar while it runs."""
     prep = prep or tuning.prepare(p)
-    if ADVICE_ATTR not in prep.study.user_attrs:
+    if ADVICE_KEY not in prep.study.user_attrs:
         # The prediction, kept so the post-mortem can put it next to what happened.
-        prep.study.set_user_attr(ADVICE_ATTR, advise(situation(p)).to_dict())
+        prep.study.set_user_attr(ADVICE_KEY, advise(situation(p)).to_dict())
     callbacks = []
-    if p["interactive"] and MO.is_multi(p):
-        display(HTML("<p><i>Multi-objective search: no live chart (it draws one score per trial); "
-                     "the Pareto front is drawn when the search ends.</i></p>"))
+    note = prep.strategy.live_chart_note
+    if p["interactive"] and note:
+        display(HTML(f"<p><i>{html.escape(note)}</i></p>"))
     elif p["interactive"]:
         from tunewise.report.charts import LiveChart
 
@@ -141,22 +140,22 @@ def show_result(summary: dict[str, Any]) -> HTML:
 
 def load_study(p: dict[str, Any], name: str) -> optuna.Study:
     storage = open_storage(p["storage"], p["run_dir"])
-    names = optuna.get_all_study_names(storage)
-    if name not in names:
+    study = load_if_exists(storage, name)
+    if study is None:
+        names = optuna.get_all_study_names(storage)
         raise ConfigError(
             f"study {name!r} is not in {tuning.storage_label(p)}; studies there: {', '.join(names) or 'none'}"
             + did_you_mean(name, names)
         )
-    return optuna.load_study(study_name=name, storage=storage)
+    return study
 
 
 def verdict(study: optuna.Study, p: dict[str, Any]) -> HTML:
     """The seed's question between phases, answered from the study."""
-    if MO.is_multi_study(study):
-        return HTML("<p><b>No gate for a multi-objective study.</b> The seed's rule compares one best score with the "
-                    "baseline; here every point of the Pareto front trades macro-F1 for speed or size. Pick one "
-                    "(<code>best_under</code>) and validate it.</p>")
-    v = should_continue_optimization(study, tuning.baseline_value(study), p["min_relative_gain"])
+    gate_note = strategy_of(study).gate_note
+    if gate_note:
+        return HTML(f"<p>{gate_note}</p>")
+    v = should_continue_optimization(study, baseline_value(study), p["min_relative_gain"])
     word = "Worth another phase" if v.go else "Not worth another phase"
     return HTML(f"<p><b>{word}.</b> {html.escape(v.reason)}</p>")
 
@@ -165,12 +164,10 @@ def final_charts(study: optuna.Study) -> None:
     """Static charts at the end of a phase (in every run, headless or not)."""
     from tunewise.report import charts
 
-    if MO.is_multi_study(study):
-        MO.pareto_figure(study).show()
-        display(table(MO.pareto_rows(study), f"Pareto front of {study.study_name}"))
-        return
-    charts.history(study).show()
-    charts.importances(study).show()
+    for figure in charts.final_charts(study):
+        figure.show()
+    for caption, rows in strategy_of(study).final_tables(study):
+        display(table(rows, caption))
 
 
 def write_summary(p: dict[str, Any], summary: dict[str, Any]) -> Path:
@@ -193,18 +190,14 @@ class Focus:
 
 def study_space(study: optuna.Study, p: dict[str, Any]) -> SearchSpace:
     """The space a study searched (recorded when it was prepared), else the parameters'."""
-    raw = study.user_attrs.get(tuning.SPACE_ATTR) or p["search_space"] or P.SEED_SPACE
+    raw = study.user_attrs.get(SPACE_KEY) or p["search_space"] or P.SEED_SPACE
     return SearchSpace.from_dict(raw)
 
 
 def focus(p: dict[str, Any]) -> Focus:
     source = load_study(p, p["source_study"] or "quick")
-    if MO.is_multi_study(source):
-        raise ConfigError(
-            f"source_study: {source.study_name} is multi-objective: the focused phase narrows around one best value; "
-            "allowed: a single-objective study (objectives: [f1]), or pick a point of the front with best_under and validate it"
-        )
-    v = should_continue_optimization(source, tuning.baseline_value(source), p["min_relative_gain"])
+    strategy_of(source).refuse_narrowing(source)
+    v = should_continue_optimization(source, baseline_value(source), p["min_relative_gain"])
     go = v.go or p["always_run"]
     narrowed = None
     if go:
@@ -229,7 +222,6 @@ def show_focus(f: Focus) -> HTML:
 def focused_search(p: dict[str, Any], f: Focus) -> dict[str, Any]:
     """Search the narrowed space: a new study warm-started with the best quick trials,
     or (focus_mode: resume) the quick study itself, continued in the narrowed space."""
-    base = tuning.baseline_value(f.source)
     if not f.go:
         summary = {
             "phase": p["phase"], "study_name": None, "skipped": True, "source_study": f.source.study_name,
@@ -240,15 +232,15 @@ def focused_search(p: dict[str, Any], f: Focus) -> dict[str, Any]:
         return summary
     space = f.narrowed.space.to_dict()
     if p["focus_mode"] == "resume":
-        from tunewise.study.identity import finished_trials
-
         q = {**p, "study_name": f.source.study_name, "search_space": space, "force": True,
              "n_trials": finished_trials(f.source) + p["n_trials"]}
-        f.source.set_user_attr(LINEAGE_ATTR, {"from_study": f.source.study_name, "trials": f.narrowed.top_numbers, "mode": "resume"})
+        f.source.set_user_attr(LINEAGE_KEY, {"from_study": f.source.study_name, "trials": f.narrowed.top_numbers, "mode": "resume"})
         summary = search(q)
     else:
         q = {**p, "search_space": space, "baseline": False}
         prep = tuning.prepare(q)
+        # Measured against the quick study's baseline, recorded so the post-mortem agrees.
+        base = records.inherit_baseline(prep.study, f.source)
         warm_start(prep.study, f.source.get_trials(deepcopy=False), f.narrowed.space, p["warm_start_n"],
                    prep.study.direction.name.lower(), source_name=f.source.study_name)
         summary = search(q, prep=prep, baseline=base)
@@ -275,7 +267,7 @@ def validation_source(p: dict[str, Any]) -> optuna.Study:
         ends = [t.datetime_complete for t in s.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
         return max(ends) if ends else None
 
-    candidates = [(last_complete(s), s) for s in _studies(p) if not MO.is_multi_study(s)]
+    candidates = [(last_complete(s), s) for s in _studies(p) if strategy_of(s).one_best_value]
     candidates = [(end, s) for end, s in candidates if end is not None]
     if not candidates:
         raise ConfigError(f"source_study: no study with complete trials in {tuning.storage_label(p)}; run the quick phase first")
@@ -331,9 +323,9 @@ def record_validation(p: dict[str, Any], source: optuna.Study, v: Validation, co
     """Save the measured noise to the studies on the same data (their stop rules use it),
     write the winner as a params file, and the phase summary."""
     noise = noise_std(v)
-    fingerprint = (source.user_attrs.get("tunewise.identity") or {}).get("data_fingerprint")
+    fingerprint = identity(source).get("data_fingerprint")
     for s in _studies(p):
-        if (s.user_attrs.get("tunewise.identity") or {}).get("data_fingerprint") == fingerprint:
+        if identity(s).get("data_fingerprint") == fingerprint:
             save_noise(s, noise)
     winner_name = "best" if comparison.verdict == "real gain" else "baseline"
     note = (f"From study {source.study_name}: {comparison.message.rstrip('.')}.\n"
@@ -363,11 +355,11 @@ def _all_postmortem_studies(p: dict[str, Any]) -> list[optuna.Study]:
 def postmortem_studies(p: dict[str, Any]) -> list[optuna.Study]:
     """The single-objective studies (one best value each: what the charts and tables
     below read); the multi-objective ones are in `pareto_studies`."""
-    return [s for s in _all_postmortem_studies(p) if not MO.is_multi_study(s)]
+    return [s for s in _all_postmortem_studies(p) if strategy_of(s).one_best_value]
 
 
 def pareto_studies(p: dict[str, Any]) -> list[optuna.Study]:
-    return [s for s in _all_postmortem_studies(p) if MO.is_multi_study(s)]
+    return [s for s in _all_postmortem_studies(p) if not strategy_of(s).one_best_value]
 
 
 def show_pareto(studies: list[optuna.Study], p: dict[str, Any]) -> None:
@@ -377,14 +369,16 @@ def show_pareto(studies: list[optuna.Study], p: dict[str, Any]) -> None:
         display(HTML("<p><i>No multi-objective study here (set <code>objectives: [f1, latency_ms, params]</code> "
                      "to search for one).</i></p>"))
         return
+    from tunewise.report import charts
+
     for s in studies:
-        MO.pareto_figure(s).show()
-        display(table(MO.pareto_rows(s), f"Pareto front of {s.study_name}"))
-        display(HTML(f"<p><b>{html.escape(MO.answer(s, p['max_latency_ms'] or None, p['max_params'] or None))}</b></p>"))
+        charts.pareto_figure(s).show()
+        display(table(pareto.pareto_rows(s), f"Pareto front of {s.study_name}"))
+        display(HTML(f"<p><b>{html.escape(pareto.answer(s, p['max_latency_ms'] or None, p['max_params'] or None))}</b></p>"))
 
 
 def show_phase_table(studies: list[optuna.Study]) -> HTML:
-    return HTML("<p><b>The phases side by side</b> (the seed's case format)</p>" + postmortem.render_table(postmortem.phase_table(studies)))
+    return HTML("<p><b>The phases side by side</b> (the seed's case format)</p>" + phase_table_html(postmortem.phase_table(studies)))
 
 
 def show_stops_and_savings(studies: list[optuna.Study]) -> HTML:
@@ -400,7 +394,7 @@ def show_advice_vs_outcome(studies: list[optuna.Study]) -> HTML:
     """What the advisor predicted when each study started, next to what happened."""
     rows = []
     for s in studies:
-        a = s.user_attrs.get(ADVICE_ATTR)
+        a = s.user_attrs.get(ADVICE_KEY)
         out = postmortem.summarize_study(s)
         rel = out["relative_gain"]
         hours = out["time_h"]
@@ -419,16 +413,16 @@ def show_advice_vs_outcome(studies: list[optuna.Study]) -> HTML:
 def show_warm_starts(studies: list[optuna.Study]) -> HTML:
     """For each warm-started study: how many trials it needed to reach its source's best,
     against how many the source needed."""
-    from tunewise.search.warmstart import best_f1, trials_to_reach
+    from tunewise.study.warmstart import trials_to_reach
 
     by_name = {s.study_name: s for s in studies}
     rows = []
     for s in studies:
-        lineage = s.user_attrs.get(LINEAGE_ATTR) or {}
+        lineage = s.user_attrs.get(LINEAGE_KEY) or {}
         sources = lineage.get("sources") or ([{"from_study": lineage["from_study"]}] if lineage.get("from_study") else [])
         for src in sources:
             cold = by_name.get(src["from_study"])
-            target = best_f1(cold) if cold is not None and cold is not s else None
+            target = records.best_value(cold) if cold is not None and cold is not s else None
             if target is None:
                 continue
             rows.append({"warm study": s.study_name, "from": cold.study_name, "cold best": target,
@@ -443,7 +437,7 @@ def postmortem_summary(p: dict[str, Any], studies: list[optuna.Study]) -> dict[s
     rows = postmortem.phase_table(studies)
     best = max((r for r in rows if r["best"] is not None), key=lambda r: r["best"], default=None)
     limits = (p["max_latency_ms"] or None, p["max_params"] or None)
-    fronts = [{"study": s.study_name, "front": MO.pareto_rows(s), "best_under_limits": MO.answer(s, *limits)}
+    fronts = [{"study": s.study_name, "front": pareto.pareto_rows(s), "best_under_limits": pareto.answer(s, *limits)}
               for s in pareto_studies(p)]
     headline = [f"{len(studies)} studies; best macro-F1 {best['best']:.4f} in {best['study']}" if best
                 else f"{len(studies)} studies, none complete"] if studies or not fronts else []

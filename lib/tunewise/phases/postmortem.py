@@ -1,46 +1,44 @@
 """What a study (or several) did, as numbers and tables: the seed's post-mortem.
 
-- ``roi_curve`` / ``roi_figure``: best score and gain over the baseline against wall-clock
-  hours, and when 80% and 95% of the final gain were reached (the seed's "80/20 rule").
+- ``roi_curve``: best score and gain over the baseline against wall-clock hours, and when
+  80% and 95% of the final gain were reached (the seed's "80/20 rule"; report/charts.py
+  draws it).
 - ``pruning_savings``: epochs, and so time, that pruning did not spend.
 - ``stop_reasons``: why the study stopped, in one sentence.
-- ``phase_table`` / ``render_table``: one row per study in the seed's case format
-  (baseline -> best, trials, hours, gain, gain per hour) and a small HTML table of it.
+- ``phase_table``: one row per study in the seed's case format (baseline -> best, trials,
+  hours, gain, gain per hour); report/tables.py renders it.
 - ``summarize_study``: the JSON-friendly summary of one study.
 
-The baseline is the complete trial marked ``tunewise.baseline`` (tunewise enqueues the
-default settings as trial 0), else the first complete trial. Gains are signed so that
-an improvement is positive whichever way the study optimizes.
+The baseline and the best trial are records.py's (the same the summaries and stop rules
+use). Gains are signed so that an improvement is positive whichever way the study optimizes.
 """
 
 from __future__ import annotations
 
-import html
 from datetime import datetime
 from typing import Any
 
 import optuna
-import plotly.graph_objects as go
-from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
-from tunewise.report.charts import metric_label, note
-from tunewise.study.runner import STOP_DETAILS_KEY, STOP_REASON_KEY
-from tunewise.study.identity import ELAPSED_KEY, FINISHED_STATES, IDENTITY_KEY
-from tunewise.phases.tuning import BASELINE_ATTR
+from tunewise.records import (
+    ELAPSED_KEY,
+    EPOCHS_RUN_KEY,
+    FINISHED_STATES,
+    STOP_DETAILS_KEY,
+    STOP_REASON_KEY,
+    baseline_value,
+    best_trial,
+    complete_trials,
+    identity,
+    sign,
+)
 
 ROI_FRACTIONS = (0.8, 0.95)
 _TOLERANCE = 1e-12  # float noise when comparing a gain with a share of the final gain
 
 
 # --- gain over time -----------------------------------------------------------------------
-
-
-def baseline_trial(study: optuna.Study) -> FrozenTrial | None:
-    """The trial marked as baseline, else the first complete trial (None if none)."""
-    complete = _complete(study)
-    marked = [t for t in complete if t.user_attrs.get(BASELINE_ATTR)]
-    return (marked or complete or [None])[0]
 
 
 def roi_curve(study: optuna.Study) -> dict[str, Any]:
@@ -50,60 +48,32 @@ def roi_curve(study: optuna.Study) -> dict[str, Any]:
     between runs of a resumed study included. ``t80_h`` / ``t95_h``: the first time
     80% / 95% of the final gain was reached (None when there is no gain).
     """
-    base = baseline_trial(study)
-    complete = sorted(_complete(study), key=lambda t: t.datetime_complete)
-    curve: dict[str, Any] = {"trial": [], "hours": [], "best": [], "gain": [],
-                             "baseline": base.value if base else None}
-    if base is None:
-        return {**curve, "final_gain": None, **{_mark_key(f): None for f in ROI_FRACTIONS}}
+    base = baseline_value(study)
+    complete = sorted(complete_trials(study), key=lambda t: t.datetime_complete)
+    curve: dict[str, Any] = {"trial": [], "hours": [], "best": [], "gain": [], "baseline": base}
+    if base is None or not complete:
+        return {**curve, "final_gain": None, **{mark_key(f): None for f in ROI_FRACTIONS}}
     start = _first_start(study)
-    sign = _sign(study)
+    s = sign(study)
     best = None
     for t in complete:
-        if best is None or sign * (t.value - best) > 0:
+        if best is None or s * (t.value - best) > 0:
             best = t.value
         curve["trial"].append(t.number)
         curve["hours"].append(_hours(t.datetime_complete - start))
         curve["best"].append(best)
-        curve["gain"].append(sign * (best - base.value))
+        curve["gain"].append(s * (best - base))
     final = curve["gain"][-1]
-    reached = {_mark_key(f): _first_reach(curve, f * final) if final > 0 else None for f in ROI_FRACTIONS}
+    reached = {mark_key(f): _first_reach(curve, f * final) if final > 0 else None for f in ROI_FRACTIONS}
     return {**curve, "final_gain": final, **reached}
 
 
-def _mark_key(fraction: float) -> str:
+def mark_key(fraction: float) -> str:
     return f"t{round(fraction * 100)}_h"  # 0.8 -> "t80_h"
 
 
 def _first_reach(curve: dict[str, Any], gain: float) -> float:
     return next(h for h, g in zip(curve["hours"], curve["gain"]) if g >= gain - _TOLERANCE)
-
-
-def roi_figure(study: optuna.Study) -> go.Figure:
-    """Best so far against hours, baseline and the 80% / 95% marks of the final gain."""
-    title = f"{study.study_name}: {metric_label(study)} gained over time"
-    curve = roi_curve(study)
-    if not curve["hours"]:
-        return note(title, "No complete trial yet.")
-    # Short studies read better in minutes than in fractions of an hour.
-    unit, per_hour = ("min", 60.0) if curve["hours"][-1] < 2 else ("h", 1.0)
-    x = [h * per_hour for h in curve["hours"]]
-    fig = go.Figure(layout={"title": title, "xaxis_title": f"{unit} since the first trial started",
-                            "yaxis_title": f"best {metric_label(study)} so far"})
-    fig.add_trace(go.Scatter(
-        x=x, y=curve["best"], mode="lines+markers", line_shape="hv", name="best so far",
-        marker={"size": 4},
-        customdata=list(zip(curve["trial"], curve["gain"])),
-        hovertemplate=f"%{{x:.2f}} {unit}, trial %{{customdata[0]}}<br>best %{{y:.4f}}, gain %{{customdata[1]:+.4f}}"
-                      "<extra></extra>"))
-    fig.add_hline(y=curve["baseline"], line_dash="dot", line_color="gray",
-                  annotation_text=f"baseline {curve['baseline']:.4f}", annotation_position="bottom right")
-    for fraction in ROI_FRACTIONS:
-        hours = curve[_mark_key(fraction)]
-        if hours is not None:
-            fig.add_vline(x=hours * per_hour, line_dash="dash", line_color="#9467bd",
-                          annotation_text=f"{fraction:.0%} of the gain: {hours * per_hour:.2f} {unit}")
-    return fig
 
 
 # --- what pruning saved -------------------------------------------------------------------
@@ -131,7 +101,7 @@ def pruning_savings(study: optuna.Study) -> dict[str, Any]:
 
 def _epochs(trial: FrozenTrial) -> int:
     """Epochs a trial trained: its ``epochs_run``, else how many scores it reported."""
-    return int(trial.user_attrs.get("epochs_run", len(trial.intermediate_values)))
+    return int(trial.user_attrs.get(EPOCHS_RUN_KEY, len(trial.intermediate_values)))
 
 
 def _seconds_per_epoch(complete: list[FrozenTrial]) -> float | None:
@@ -172,21 +142,21 @@ def summarize_study(study: optuna.Study) -> dict[str, Any]:
     states = {s.name.lower(): 0 for s in TrialState}
     for t in trials:
         states[t.state.name.lower()] += 1
-    best = _best(study)
-    base = baseline_trial(study)
-    gain = _gain(study, best, base)
+    best = best_trial(study)
+    base = baseline_value(study)
+    gain = None if best is None or base is None else sign(study) * (best.value - base)
     return {
         "study": study.study_name,
-        "phase": (study.user_attrs.get(IDENTITY_KEY) or {}).get("phase"),
+        "phase": identity(study).get("phase"),
         "direction": study.direction.name.lower(),
         "trials": states,
         "n_finished": sum(t.state in FINISHED_STATES for t in trials),
         "best_value": best.value if best else None,
         "best_params": dict(best.params) if best else None,
         "best_trial": best.number if best else None,
-        "baseline_value": base.value if base else None,
+        "baseline_value": base,
         "gain": gain,
-        "relative_gain": _relative(gain, base),
+        "relative_gain": None if gain is None or not base else gain / abs(base),
         "time_h": study_hours(study),
         "stop": stop_reasons(study),
     }
@@ -228,59 +198,7 @@ def _phase_row(study: optuna.Study) -> dict[str, Any]:
     }
 
 
-_COLUMNS = {  # key: (header, format)
-    "study": ("study", "{}"),
-    "phase": ("phase", "{}"),
-    "baseline": ("before (baseline)", "{:.4f}"),
-    "best": ("after (best)", "{:.4f}"),
-    "trials": ("trials", "{}"),
-    "time_h": ("time (h)", "{:.2f}"),
-    "gain": ("gain", "{:+.4f}"),
-    "gain_pct": ("gain (%)", "{:+.1f}%"),
-    "roi_per_h": ("ROI (gain per hour)", "{:+.4f}"),
-}
-
-
-def render_table(rows: list[dict[str, Any]]) -> str:
-    """A small HTML table of ``phase_table`` rows (known columns formatted, others as is)."""
-    keys = list(dict.fromkeys(k for row in rows for k in row))
-    head = "".join(f"<th>{html.escape(_COLUMNS.get(k, (k,))[0])}</th>" for k in keys)
-    body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(_cell(row.get(k), k))}</td>" for k in keys) + "</tr>"
-        for row in rows
-    )
-    return f'<table class="tunewise-table"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
-
-
-def _cell(value: Any, key: str) -> str:
-    if value is None:
-        return "–"
-    fmt = _COLUMNS.get(key, (key, "{}"))[1]
-    return fmt.format(value) if isinstance(value, (int, float)) else str(value)
-
-
 # --- helpers ------------------------------------------------------------------------------
-
-
-def _complete(study: optuna.Study) -> list[FrozenTrial]:
-    return study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-
-
-def _sign(study: optuna.Study) -> int:
-    return 1 if study.direction == StudyDirection.MAXIMIZE else -1
-
-
-def _best(study: optuna.Study) -> FrozenTrial | None:
-    complete = _complete(study)
-    return max(complete, key=lambda t: _sign(study) * t.value) if complete else None
-
-
-def _gain(study: optuna.Study, best: FrozenTrial | None, base: FrozenTrial | None) -> float | None:
-    return None if best is None or base is None else _sign(study) * (best.value - base.value)
-
-
-def _relative(gain: float | None, base: FrozenTrial | None) -> float | None:
-    return None if gain is None or not base.value else gain / abs(base.value)
 
 
 def _first_start(study: optuna.Study) -> datetime:

@@ -29,11 +29,11 @@ from scipy import stats
 from tunewise import config as P
 from tunewise.atomic import write_text_atomic
 from tunewise.data.cache import ImageData
-from tunewise.errors import ConfigError, TunewiseError
+from tunewise.errors import ConfigError, TunewiseError, is_int, is_number
 from tunewise.train.hparams import TrainConfig
 from tunewise.train.objective import Objective
 from tunewise.data.splits import kfold_splits, train_val_split
-from tunewise.study.stoprules import NOISE_FLOOR_ATTR
+from tunewise.records import NOISE_FLOOR_KEY
 from tunewise.train.loop import NonFiniteLoss, train_and_evaluate
 
 SEEDS = (42, 777, 2024)  # the seed's validation seeds
@@ -149,7 +149,7 @@ def validate_configs(
 
 def _checked_seeds(seeds: Sequence[int]) -> list[int]:
     seeds = list(seeds) if isinstance(seeds, (list, tuple)) else seeds
-    if not (isinstance(seeds, list) and seeds and all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)):
+    if not (isinstance(seeds, list) and seeds and all(is_int(s) for s in seeds)):
         raise ConfigError(f"seeds: {seeds!r} is not allowed; "
                           "allowed: a non-empty list of integers, e.g. [42, 777, 2024]")
     repeated = sorted({s for s in seeds if seeds.count(s) > 1})
@@ -281,9 +281,9 @@ def noise_std(validation: Validation) -> float:
 
 def save_noise(study: optuna.Study, value: float) -> None:
     """Record the noise in the study; the stop rules then treat smaller gains as no progress."""
-    if not (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0):
+    if not (is_number(value) and value >= 0):
         raise ConfigError(f"noise: {value!r} is not allowed; allowed: a finite number >= 0 (the std across seeds)")
-    study.set_user_attr(NOISE_FLOOR_ATTR, float(value))
+    study.set_user_attr(NOISE_FLOOR_KEY, float(value))
 
 
 def write_params_file(path: str | Path, base_params: Mapping[str, Any], winner: Mapping[str, Any], note: str) -> Path:

@@ -1,2 +1,2 @@
-"""What people see: plotly charts (live and static), HTML tables, the self-contained HTML
-report, and the search-space editor widgets."""
+"""What people see: plotly charts (live and static, the post-mortem's ROI curve, the Pareto
+front), HTML tables, the self-contained HTML report, and the search-space editor widgets."""

@@ -26,10 +26,11 @@ import optuna.visualization as ov
 import plotly.graph_objects as go
 from ipywidgets import HTML, HBox, IntProgress, VBox
 from optuna.importance import BaseImportanceEvaluator, get_param_importances
-from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
-from tunewise.phases.tuning import BASELINE_ATTR
+from tunewise.phases.postmortem import ROI_FRACTIONS, mark_key, roi_curve
+from tunewise.records import BASELINE_KEY, FAIL_REASON_KEY, PRUNE_REASON_KEY, identity, sign
+from tunewise.study.strategy import strategy_of
 
 # Marker style per drawn state; the trace order of every history figure is this order,
 # then the best-so-far line.
@@ -47,7 +48,7 @@ _HOVER_PARAMS = 8
 
 def metric_label(study: optuna.Study) -> str:
     """The objective's name for axis titles: the study's recorded metric, readable."""
-    metric = (study.user_attrs.get("tunewise.identity") or {}).get("metric")
+    metric = identity(study).get("metric")
     return _METRIC_LABELS.get(metric, metric or "objective value")
 
 
@@ -97,7 +98,7 @@ class _Series:
             # The line steps right only, even when workers finish trials out of order.
             self.best_x.append(self._last_number)
             self.best_y.append(self.best)
-            if trial.user_attrs.get(BASELINE_ATTR):
+            if trial.user_attrs.get(BASELINE_KEY):
                 self.baseline = value
         # A trial that failed before reporting anything is drawn at the worst score so far,
         # so it is visible without pretending to a score of its own.
@@ -128,7 +129,7 @@ def _hover(trial: FrozenTrial, value: float | None) -> str:
     if value is not None:
         lines.append(f"score {value:.4f}")
     lines += [f"{k} = {_short(v)}" for k, v in list(trial.params.items())[:_HOVER_PARAMS]]
-    reason = trial.user_attrs.get("fail_reason") or trial.user_attrs.get("prune_reason")
+    reason = trial.user_attrs.get(FAIL_REASON_KEY) or trial.user_attrs.get(PRUNE_REASON_KEY)
     if reason:
         lines.append(str(reason)[:120])
     return "<br>".join(lines)
@@ -266,6 +267,52 @@ def _widget_or_figure(fig: go.Figure) -> go.Figure:
         return fig
 
 
+# --- what a study achieved -----------------------------------------------------------------
+
+
+def roi_figure(study: optuna.Study) -> go.Figure:
+    """Best so far against hours, baseline and the 80% / 95% marks of the final gain."""
+    title = f"{study.study_name}: {metric_label(study)} gained over time"
+    curve = roi_curve(study)
+    if not curve["hours"]:
+        return note(title, "No complete trial yet.")
+    # Short studies read better in minutes than in fractions of an hour.
+    unit, per_hour = ("min", 60.0) if curve["hours"][-1] < 2 else ("h", 1.0)
+    x = [h * per_hour for h in curve["hours"]]
+    fig = go.Figure(layout={"title": title, "xaxis_title": f"{unit} since the first trial started",
+                            "yaxis_title": f"best {metric_label(study)} so far"})
+    fig.add_trace(go.Scatter(
+        x=x, y=curve["best"], mode="lines+markers", line_shape="hv", name="best so far",
+        marker={"size": 4},
+        customdata=list(zip(curve["trial"], curve["gain"])),
+        hovertemplate=f"%{{x:.2f}} {unit}, trial %{{customdata[0]}}<br>best %{{y:.4f}}, gain %{{customdata[1]:+.4f}}"
+                      "<extra></extra>"))
+    fig.add_hline(y=curve["baseline"], line_dash="dot", line_color="gray",
+                  annotation_text=f"baseline {curve['baseline']:.4f}", annotation_position="bottom right")
+    for fraction in ROI_FRACTIONS:
+        hours = curve[mark_key(fraction)]
+        if hours is not None:
+            fig.add_vline(x=hours * per_hour, line_dash="dash", line_color="#9467bd",
+                          annotation_text=f"{fraction:.0%} of the gain: {hours * per_hour:.2f} {unit}")
+    return fig
+
+
+def pareto_figure(study: optuna.Study) -> go.Figure:
+    """Optuna's Pareto-front plot (2 or 3 objectives), axes named, dominated trials shown."""
+    names = strategy_of(study).metric_names
+    title = f"{study.study_name}: Pareto front of {', '.join(names)}"
+    if not _complete(study):
+        return note(title, "No complete trial yet.")
+    fig = ov.plot_pareto_front(study, target_names=names, include_dominated_trials=True)
+    fig.update_layout(title=title)
+    return fig
+
+
+def final_charts(study: optuna.Study) -> list[go.Figure]:
+    """The figures that close a phase, as the study's objective strategy names them."""
+    return [globals()[name](study) for name in strategy_of(study).final_charts]
+
+
 # --- wrappers around optuna.visualization -------------------------------------------------
 
 
@@ -355,7 +402,7 @@ def _too_little_for_importances(study: optuna.Study) -> str | None:
 
 
 def _maximize(study: optuna.Study) -> bool:
-    return study.direction == StudyDirection.MAXIMIZE
+    return sign(study) > 0
 
 
 def _bin_contour(fig: go.Figure, maximize: bool) -> None:

@@ -30,11 +30,10 @@ from optuna.distributions import (
 )
 from optuna.trial import FrozenTrial, TrialState
 
-from tunewise.errors import ConfigError
+from tunewise.errors import ConfigError, is_int, is_number
+from tunewise.records import LINEAGE_KEY, WARM_START_KEY, ranked
 from tunewise.search.space import SearchSpace, _equal, _in_distribution
 
-WARM_START_ATTR = "tunewise.warm_start_from"  # trial user attr: the source trial's number
-LINEAGE_ATTR = "tunewise.lineage"  # study user attr: where the warm start came from
 DIRECTIONS = ("maximize", "minimize")
 NEVER_ACTIVE = "unchanged: never active in top trials"
 
@@ -97,10 +96,10 @@ def best_complete(trials: Iterable[FrozenTrial], direction: str = "maximize") ->
     """The complete trials, best first (ties keep trial order)."""
     if direction not in DIRECTIONS:
         raise ConfigError(f"direction: {direction!r} is not allowed; allowed: {', '.join(DIRECTIONS)}")
-    complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    if any(len(t.values) != 1 for t in complete):
+    trials = list(trials)
+    if any(len(t.values) != 1 for t in trials if t.state == TrialState.COMPLETE):
         raise ConfigError("trials: narrowing needs single-objective trials (one value each)")
-    return sorted(complete, key=lambda t: t.value, reverse=direction == "maximize")
+    return ranked(trials, direction)
 
 
 def warm_start(
@@ -116,37 +115,34 @@ def warm_start(
 
     Returns the parameters enqueued; ones already in ``study`` (a rerun) are skipped.
     """
-    if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+    if not is_int(n) or n < 0:
         raise ConfigError(f"warm_start_n: {n!r} is not allowed; allowed: an integer >= 0")
     best = best_complete(trials, direction)[:n]
     enqueued = []
     for trial in best:
         params = space.clip(trial.params)
-        if params and _enqueue_new(study, params, trial.number):
+        if params and enqueue_new(study, params, trial.number):
             enqueued.append(params)
     study.set_user_attr(
-        LINEAGE_ATTR, {"from_study": source_name, "trials": [t.number for t in best], "mode": "warm_start"}
+        LINEAGE_KEY, {"from_study": source_name, "trials": [t.number for t in best], "mode": "warm_start"}
     )
     return enqueued
 
 
-def _enqueue_new(study: optuna.Study, params: dict[str, Any], source_number: int) -> bool:
+def enqueue_new(study: optuna.Study, params: dict[str, Any], source_number: int) -> bool:
     """Enqueue unless the study already holds these params; whether a trial was added."""
     before = len(study.get_trials(deepcopy=False))
-    study.enqueue_trial(params, user_attrs={WARM_START_ATTR: source_number}, skip_if_exists=True)
+    study.enqueue_trial(params, user_attrs={WARM_START_KEY: source_number}, skip_if_exists=True)
     return len(study.get_trials(deepcopy=False)) > before
 
 
 def _check_options(top_share: float, top_k: int | None, margin: float, min_top: int) -> None:
-    def is_int(v: Any) -> bool:
-        return isinstance(v, int) and not isinstance(v, bool)
-
     problems = []
-    if not (_is_number(top_share) and 0 < top_share <= 1):
+    if not (is_number(top_share) and 0 < top_share <= 1):
         problems.append(f"top_share: {top_share!r} is not allowed; allowed: a share in (0, 1]")
     if top_k is not None and not (is_int(top_k) and top_k >= 0):
         problems.append(f"top_k: {top_k!r} is not allowed; allowed: an integer >= 0 (0 or null: use top_share)")
-    if not (_is_number(margin) and margin >= 0):
+    if not (is_number(margin) and margin >= 0):
         problems.append(f"margin: {margin!r} is not allowed; allowed: a number >= 0, e.g. 0.1")
     if not (is_int(min_top) and min_top >= 1):
         problems.append(f"min_top: {min_top!r} is not allowed; allowed: an integer >= 1")
@@ -163,7 +159,7 @@ def _narrow(dist: BaseDistribution, values: list, margin: float) -> tuple[BaseDi
         dropped = [c for c in dist.choices if not any(_equal(c, k) for k in kept)]
         note = f"from {len(values)} top trials" + (f"; dropped {_text(dropped)}" if dropped else "")
         return CategoricalDistribution(kept), note
-    numbers = [min(max(v, dist.low), dist.high) for v in values if _is_number(v)]
+    numbers = [min(max(v, dist.low), dist.high) for v in values if is_number(v)]
     if not numbers:
         return dist, NEVER_ACTIVE
     low, high = _widened(dist, min(numbers), max(numbers), margin)
@@ -256,7 +252,3 @@ def _text(value: Any) -> str:
     if isinstance(value, list):
         return "[" + ", ".join(_text(v) for v in value) + "]"
     return f"{value:g}" if isinstance(value, float) else str(value)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

@@ -27,7 +27,7 @@ from typing import Any, Mapping
 
 from optuna import pruners, samplers
 
-from tunewise.errors import ConfigError, did_you_mean
+from tunewise.errors import ConfigError, did_you_mean, is_int, is_number
 
 _SAMPLER_CLASSES = {
     "tpe": samplers.TPESampler,
@@ -158,9 +158,9 @@ def _fits_default(value: Any, default: Any) -> bool:
     if isinstance(default, bool):
         return isinstance(value, bool)
     if isinstance(default, int):
-        return isinstance(value, int) and not isinstance(value, bool)
+        return is_int(value)
     if isinstance(default, float):
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
+        return is_number(value, finite=False)
     return True
 
 

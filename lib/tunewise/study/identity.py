@@ -1,49 +1,30 @@
-"""A study that knows what it is, what it has spent, and who is running its trials.
+"""What a study is: its identity, and the parameters it was prepared with.
 
-- Identity: ``tunewise.identity`` (study user attr) records the phase, search-space and
-  dataset fingerprints, model, metric, direction and tunewise version. Resuming a study
-  made for a different setup is refused (its trials would not be comparable) unless forced;
-  every change is appended to ``tunewise.identity_history``.
-- Budget: ``finished_trials`` counts COMPLETE + PRUNED trials across every run;
-  ``StudyClock`` keeps the time spent across runs in ``tunewise.elapsed_s``.
-- Crash recovery: each trial records its worker (host, pid namespace, pid, process start)
-  in ``tunewise.worker``; ``recover_stale_trials`` fails the RUNNING trials whose worker on
-  this host is gone and queues their parameters again. RDB storages also use Optuna's
-  heartbeat (see storage.py).
-- Parameters: ``record_params`` keeps the run parameters a study was prepared with
-  (``tunewise.params``, the storage URL left out), so a worker on another machine can join
-  the study knowing only its name and storage.
+- ``tunewise.identity`` (study user attr) records the phase, search-space and dataset
+  fingerprints, model, metric, direction and tunewise version. Resuming a study made for a
+  different setup is refused (its trials would not be comparable) unless forced; every
+  change is appended to ``tunewise.identity_history``.
+- ``record_params`` keeps the run parameters a study was prepared with (``tunewise.params``,
+  the storage URL left out), so a worker on another machine can join the study knowing
+  only its name and storage.
+
+What a study has spent is in budget.py; crash recovery in recovery.py; every key in
+tunewise/records.py.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
-import socket
-import time
-import warnings
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.exceptions import ExperimentalWarning, UpdateFinishedTrialError
-from optuna.trial import FrozenTrial, TrialState
 
 from tunewise import __version__
 from tunewise.errors import ConfigError, did_you_mean
+from tunewise.records import HISTORY_KEY, IDENTITY_KEY, PARAMS_KEY
 
-IDENTITY_KEY = "tunewise.identity"
-HISTORY_KEY = "tunewise.identity_history"
-ELAPSED_KEY = "tunewise.elapsed_s"
-WORKER_KEY = "tunewise.worker"
-RETRY_OF_KEY = "tunewise.retry_of"
-RETRIES_KEY = "tunewise.retries"
-FAIL_REASON_KEY = "fail_reason"
-WORKER_DIED = "worker died"
-PARAMS_KEY = "tunewise.params"
-SPACE_ATTR = "tunewise.search_space"  # the space a study searches, for the phases after it
 # Never recorded in the study: the storage URL may hold a password, and where the study
 # lives is what a joining worker is told, not what it reads.
 UNRECORDED_PARAMS = ("storage",)
@@ -51,9 +32,6 @@ UNRECORDED_PARAMS = ("storage",)
 # Resuming with any of these changed mixes incomparable trials: refused unless forced.
 GUARDED_FIELDS = ("space_fingerprint", "data_fingerprint", "model", "metric", "direction")
 DIRECTIONS = ("maximize", "minimize")
-FINISHED_STATES = (TrialState.COMPLETE, TrialState.PRUNED)
-# A trial whose worker dies this many times is probably what kills it (e.g. out of memory).
-MAX_RETRIES = 3
 
 _log = logging.getLogger(__name__)
 
@@ -164,48 +142,6 @@ def _diff_lines(changes: dict[str, list[Any]]) -> str:
     return "\n".join(f"  {k}: {old!r} -> {new!r}" for k, (old, new) in sorted(changes.items()))
 
 
-def finished_trials(study: optuna.Study) -> int:
-    """COMPLETE + PRUNED trials in the study (failed trials do not use up the budget)."""
-    return len(study.get_trials(deepcopy=False, states=FINISHED_STATES))
-
-
-def remaining_trials(study: optuna.Study, n_trials: int) -> int:
-    """How many more trials must finish for the study to hold ``n_trials`` finished ones."""
-    return max(0, n_trials - finished_trials(study))
-
-
-class StudyClock:
-    """Time spent on a study across all its runs (``tunewise.elapsed_s``).
-
-    Counts from construction. Also an Optuna callback: passed to ``study.optimize`` it
-    flushes after every trial, so stop rules reading ``tunewise.elapsed_s`` see fresh time.
-    Several workers sharing a study each write earlier-runs + own wall time, so the value
-    is the study's wall time, not the sum of worker time.
-    """
-
-    def __init__(self, study: optuna.Study) -> None:
-        self._study = study
-        self._before_s = float(study.user_attrs.get(ELAPSED_KEY, 0.0))
-        self._started = time.monotonic()
-
-    def run_wall_s(self) -> float:
-        """Seconds since this run started."""
-        return time.monotonic() - self._started
-
-    def elapsed_s(self) -> float:
-        """Seconds spent on the study: earlier runs plus this run so far."""
-        return self._before_s + self.run_wall_s()
-
-    def flush(self) -> float:
-        """Store elapsed_s() in the study and return it."""
-        elapsed = round(self.elapsed_s(), 3)
-        self._study.set_user_attr(ELAPSED_KEY, elapsed)
-        return elapsed
-
-    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        self.flush()
-
-
 def record_params(study: optuna.Study, p: dict[str, Any]) -> None:
     """Store the run parameters ``p`` (minus UNRECORDED_PARAMS) in the study, if changed."""
     kept = {k: v for k, v in p.items() if k not in UNRECORDED_PARAMS}
@@ -224,133 +160,3 @@ def recorded_params(study: optuna.Study) -> dict[str, Any]:
             "`tunewise tune` first, then join it"
         )
     return dict(recorded)
-
-
-def record_worker(trial: optuna.Trial) -> None:
-    """Record who runs ``trial``, in one write so a kill cannot leave half a record.
-
-    Its "trial" field ties it to this trial: Optuna's heartbeat retry copies user attrs
-    into the retried trial, and a copied record must not be mistaken for its worker.
-    """
-    pid = os.getpid()
-    trial.set_user_attr(
-        WORKER_KEY,
-        {"host": socket.gethostname(), "pidns": _pid_namespace(), "pid": pid,
-         "started": _process_stamp(pid), "trial": trial.number},
-    )
-
-
-def recover_stale_trials(study: optuna.Study) -> list[int]:
-    """Fail RUNNING trials whose worker died and queue their parameters again.
-
-    A worker is known dead only on this host (its pid is gone, a zombie, or reused); trials
-    run on other hosts are left alone. On RDB storages Optuna's heartbeat also fails (and
-    retries) trials silent for longer than the grace period. Returns the failed trials'
-    numbers. Finished trials are never touched.
-    """
-    recovered = [
-        t.number
-        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-        if _worker_is_dead(t) and fail_and_requeue(study, t, WORKER_DIED, count_as_retry=True)
-    ]
-    recovered += _fail_heartbeat_stale(study)
-    for number in recovered:
-        _log.warning("trial %d: its worker died; marked FAIL and queued again", number)
-    return recovered
-
-
-def fail_and_requeue(
-    study: optuna.Study, trial: FrozenTrial, reason: str, *, count_as_retry: bool
-) -> bool:
-    """Mark ``trial`` FAIL with ``fail_reason`` (if still RUNNING), then queue its params.
-
-    Returns False when another process settled the trial first (so only one of them
-    requeues it) or when it has been retried MAX_RETRIES times already.
-    """
-    storage = study._storage  # Study has no public API to settle another worker's trial.
-    if trial.state == TrialState.RUNNING:
-        try:
-            storage.set_trial_user_attr(trial._trial_id, FAIL_REASON_KEY, reason)
-            if not storage.set_trial_state_values(trial._trial_id, TrialState.FAIL):
-                return False
-        except UpdateFinishedTrialError:
-            return False
-    retries = int(trial.user_attrs.get(RETRIES_KEY, 0)) + int(count_as_retry)
-    if retries > MAX_RETRIES:
-        _log.warning("trial %d failed %d times (%s): not queued again", trial.number,
-                     retries, reason)
-        return False
-    study.enqueue_trial(
-        dict(trial.params), user_attrs={RETRY_OF_KEY: trial.number, RETRIES_KEY: retries}
-    )
-    return True
-
-
-def _fail_heartbeat_stale(study: optuna.Study) -> list[int]:
-    running = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
-    if not running:
-        return []
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ExperimentalWarning)
-        optuna.storages.fail_stale_trials(study)  # no-op without a heartbeat
-    return [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
-            if t.number in running]
-
-
-def _worker_is_dead(trial: FrozenTrial) -> bool:
-    worker = trial.user_attrs.get(WORKER_KEY)
-    if not isinstance(worker, dict) or worker.get("trial") != trial.number:
-        return False  # not claimed yet, or a record copied from an earlier trial
-    if worker.get("host") != socket.gethostname():
-        return False  # cannot check another machine's processes
-    if worker.get("pidns", _pid_namespace()) != _pid_namespace():
-        return False  # another container on this host: its pids are not ours to see
-    stamp = _process_stamp(int(worker["pid"]))
-    return stamp is None or stamp != worker.get("started")
-
-
-def _pid_namespace() -> str | None:
-    """Which pid namespace this process lives in (containers sharing a hostname differ)."""
-    try:
-        return os.readlink("/proc/self/ns/pid")
-    except OSError:
-        return None
-
-
-def _process_stamp(pid: int) -> str | None:
-    """What identifies process ``pid`` across pid reuse; None when it is not running."""
-    if Path("/proc/self/stat").exists():
-        return _proc_stamp(pid)
-    try:
-        import psutil  # optional: the only portable source of process start times
-    except ImportError:
-        return "alive" if _pid_exists(pid) else None
-    try:
-        process = psutil.Process(pid)
-        if process.status() == psutil.STATUS_ZOMBIE:
-            return None
-        return f"psutil:{process.create_time()}"
-    except psutil.Error:
-        return None
-
-
-def _proc_stamp(pid: int) -> str | None:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    # Field 2 (the command) may hold spaces and parentheses: split after its last ")".
-    fields = stat[stat.rindex(")") + 2 :].split()
-    if fields[0] in ("Z", "X"):  # zombie or dead: killed but not yet reaped
-        return None
-    return "proc:" + fields[19]  # field 22: start time in clock ticks since boot
-
-
-def _pid_exists(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # exists, owned by someone else
-    return True

@@ -38,23 +38,20 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from tunewise.errors import SetupError
-from tunewise.study.storage import StorageLost, outage_of, slot_lock
-from tunewise.study.identity import (
+from tunewise.records import (
+    storage_of,
     FAIL_REASON_KEY,
     FINISHED_STATES,
-    IDENTITY_KEY,
+    PHASE_KEY,
+    STOP_DETAILS_KEY,
+    STOP_REASON_KEY,
     WORKER_KEY,
-    StudyClock,
-    fail_and_requeue,
-    finished_trials,
-    record_worker,
-    recover_stale_trials,
-    remaining_trials,
+    best_trial,
+    identity,
 )
-
-STOP_REASON_KEY = "tunewise.stop_reason"
-STOP_DETAILS_KEY = "tunewise.stop_details"
-PHASE_KEY = "tunewise.phase"
+from tunewise.study.budget import StudyClock, finished_trials, remaining_trials
+from tunewise.study.recovery import fail_and_requeue, record_worker, recover_stale_trials
+from tunewise.study.storage import StorageLost, outage_of, slot_lock
 INTERRUPTED = "interrupted"
 _MAX_REASON_CHARS = 500
 # Reasons the runner records with the trial they happened on; a stop rule records its
@@ -164,7 +161,7 @@ def _run(
                    + ("; it is queued for the next run." if requeued else ".")}
         return _finish(study, clock, INTERRUPTED, details, run.started, interrupted=True)
     except BaseException as exc:
-        outage = outage_of(study._storage)
+        outage = outage_of(storage_of(study))
         if outage is not None and outage.lost is not None:
             # Whatever surfaced (Optuna may trip over the lost storage while failing the
             # trial), nothing more can be written: say so plainly.
@@ -188,19 +185,6 @@ def max_attempts(remaining: int) -> int:
     """Trials a run may start to finish `remaining`: room to replace failed ones, bounded
     so a setup where every trial fails cannot loop forever."""
     return 0 if remaining == 0 else 2 * remaining + 3
-
-
-def best_trial(study: optuna.Study, complete: list[FrozenTrial] | None = None) -> FrozenTrial | None:
-    """The study's best complete trial; in a multi-objective study the one with the best
-    first objective (macro-F1), which always lies on the Pareto front. None if none."""
-    if complete is None:
-        complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    if not complete:
-        return None
-    if len(study.directions) == 1:
-        return study.best_trial
-    sign = 1 if study.directions[0] == optuna.study.StudyDirection.MAXIMIZE else -1
-    return max(complete, key=lambda t: (sign * t.values[0], -t.number))
 
 
 def describe_error(exc: BaseException) -> str:
@@ -356,7 +340,7 @@ class _Run:
         self._objective = objective
         self._sigint = sigint
         self._claimed = claimed
-        self._phase = (study.user_attrs.get(IDENTITY_KEY) or {}).get("phase")
+        self._phase = identity(study).get("phase")
         self.started = 0
         self.current: int | None = None
         self.setup_error: SetupError | None = None
@@ -388,13 +372,15 @@ class _Run:
             if FAIL_REASON_KEY not in trial.user_attrs:  # the objective may have said why, more plainly
                 trial.set_user_attr(FAIL_REASON_KEY, describe_error(exc))
             raise
-        if not _is_number(value):
+        if not _optuna_accepts(value):
             # Optuna fails the trial itself (e.g. a diverged loss is nan); say why.
             trial.set_user_attr(FAIL_REASON_KEY, f"objective returned {value!r}")
         return value
 
 
-def _is_number(value: Any) -> bool:
+def _optuna_accepts(value: Any) -> bool:
+    """Whether Optuna will complete a trial returning ``value`` (any float but NaN, numpy
+    scalars included): not the parameter check errors.is_number."""
     try:
         return not math.isnan(float(value))
     except (TypeError, ValueError):

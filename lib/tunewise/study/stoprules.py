@@ -26,20 +26,27 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import optuna
-from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
-from tunewise.errors import ConfigError, did_you_mean
+from tunewise.errors import ConfigError, did_you_mean, is_int, is_number
+from tunewise.records import (
+    FAIL_REASON_KEY,
+    FINISHED_STATES,
+    NOISE_FLOOR_KEY,
+    STOP_DETAILS_KEY,
+    STOP_REASON_KEY,
+    baseline_value,
+    best_trial,
+    complete_trials,
+    sign,
+)
 
 __all__ = [
-    "STOP_REASON_ATTR", "STOP_DETAILS_ATTR", "NOISE_FLOOR_ATTR", "StopRule", "Plateau", "NoiseFloor",
+    "STOP_REASON_KEY", "STOP_DETAILS_KEY", "NOISE_FLOOR_KEY", "StopRule", "Plateau", "NoiseFloor",
     "Target", "Budget", "ROI", "FailureGuard", "RULES", "DEFAULT_STOP_RULES", "build_stop_rules",
     "noise_floor", "stop_summary", "clear_stop_record", "Verdict", "should_continue_optimization",
 ]
 
-STOP_REASON_ATTR = "tunewise.stop_reason"
-STOP_DETAILS_ATTR = "tunewise.stop_details"
-NOISE_FLOOR_ATTR = "tunewise.noise_floor"  # std of the score across seeds, from validation
 
 _FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 _MAX_ERROR_CHARS = 200  # a traceback as a dict key would drown the summary
@@ -48,34 +55,17 @@ _MAX_ERROR_CHARS = 200  # a traceback as a dict key would drown the summary
 # --- small helpers ------------------------------------------------------------------------
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def _require(ok: bool, field_name: str, allowed: str, got: Any) -> None:
     if not ok:
         raise ConfigError(f"{field_name} must be {allowed}, got {got!r}")
 
 
-def _sign(study: optuna.Study) -> float:
-    """+1 when bigger is better, -1 when smaller is: sign * value is always 'higher is better'."""
-    return 1.0 if study.direction == StudyDirection.MAXIMIZE else -1.0
-
-
-def _completed(study: optuna.Study) -> list[FrozenTrial]:
-    return study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-
-
 def noise_floor(study: optuna.Study) -> float | None:
     """The seed-to-seed std of the score recorded by a validation phase, or None."""
-    value = study.user_attrs.get(NOISE_FLOOR_ATTR)
+    value = study.user_attrs.get(NOISE_FLOOR_KEY)
     if value is None:
         return None
-    _require(_is_number(value) and value >= 0, f"study user attr {NOISE_FLOOR_ATTR!r}",
+    _require(is_number(value) and value >= 0, f"study user attr {NOISE_FLOOR_KEY!r}",
              "a non-negative number (the std of the score across seeds)", value)
     return float(value)
 
@@ -101,13 +91,13 @@ class _Window:
 def _window(study: optuna.Study, size: int, since: int = 0) -> _Window | None:
     """The last `size` completed trials vs all earlier ones; None until there are size + 1
     completed trials, or while the window still reaches back before trial `since`."""
-    complete = _completed(study)
+    complete = complete_trials(study)
     if len(complete) <= size or complete[-size].number < since:
         return None
-    sign = _sign(study)
-    before = max(sign * t.value for t in complete[:-size])
-    after = max(before, max(sign * t.value for t in complete[-size:]))
-    return _Window(sign * before, sign * after, after - before, complete[-size:])
+    s = sign(study)
+    before = max(s * t.value for t in complete[:-size])
+    after = max(before, max(s * t.value for t in complete[-size:]))
+    return _Window(s * before, s * after, after - before, complete[-size:])
 
 
 # --- the rules ----------------------------------------------------------------------------
@@ -128,14 +118,14 @@ class StopRule:
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
         if self._run_start is None or trial.number < self._run_start:
             self._run_start = trial.number  # the lowest trial this run has shown the rule
-        recorded = study.user_attrs.get(STOP_DETAILS_ATTR)
+        recorded = study.user_attrs.get(STOP_DETAILS_KEY)
         if isinstance(recorded, dict) and recorded.get("trial") == trial.number:
             return  # an earlier rule in the list already stopped on this trial: keep its reason
         figures = self.check(study, trial)
         if figures is None:
             return
-        study.set_user_attr(STOP_REASON_ATTR, self.name)
-        study.set_user_attr(STOP_DETAILS_ATTR, {**figures, "trial": trial.number})
+        study.set_user_attr(STOP_REASON_KEY, self.name)
+        study.set_user_attr(STOP_DETAILS_KEY, {**figures, "trial": trial.number})
         study.stop()
 
     @property
@@ -157,9 +147,9 @@ class Plateau(StopRule):
 
     def __init__(self, min_delta: float = 0.01, window: int = 10) -> None:
         super().__init__()
-        _require(_is_number(min_delta) and min_delta > 0, "plateau.min_delta",
+        _require(is_number(min_delta) and min_delta > 0, "plateau.min_delta",
                  "a positive number (use false to turn the rule off)", min_delta)
-        _require(_is_int(window) and window >= 1, "plateau.window", "a positive integer", window)
+        _require(is_int(window) and window >= 1, "plateau.window", "a positive integer", window)
         self.min_delta = float(min_delta)
         self.window = window
 
@@ -190,8 +180,8 @@ class NoiseFloor(StopRule):
 
     def __init__(self, multiple: float = 1.0, window: int = 10) -> None:
         super().__init__()
-        _require(_is_number(multiple) and multiple > 0, "noise_floor.multiple", "a positive number", multiple)
-        _require(_is_int(window) and window >= 1, "noise_floor.window", "a positive integer", window)
+        _require(is_number(multiple) and multiple > 0, "noise_floor.multiple", "a positive number", multiple)
+        _require(is_int(window) and window >= 1, "noise_floor.window", "a positive integer", window)
         self.multiple = float(multiple)
         self.window = window
 
@@ -218,18 +208,14 @@ class Target(StopRule):
 
     def __init__(self, value: float = 0.96) -> None:
         super().__init__()
-        _require(_is_number(value), "target.value", "a finite number", value)
+        _require(is_number(value), "target.value", "a finite number", value)
         self.value = float(value)
 
     def check(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, Any] | None:
-        complete = _completed(study)
-        if not complete:
+        best = best_trial(study)
+        if best is None or sign(study) * best.value < sign(study) * self.value:
             return None
-        sign = _sign(study)
-        best = max(complete, key=lambda t: sign * t.value)
-        if sign * best.value < sign * self.value:
-            return None
-        relation = ">=" if sign > 0 else "<="
+        relation = ">=" if sign(study) > 0 else "<="
         return {
             "best": best.value, "best_trial": best.number, "target": self.value,
             "message": f"Trial {best.number} reached {best.value:.4g} {relation} the target {self.value:.4g}.",
@@ -253,9 +239,9 @@ class Budget(StopRule):
     def __init__(self, max_trials: int | None = None, max_seconds: float | None = None,
                  elapsed_s: Callable[[], float] | None = None) -> None:
         super().__init__()
-        _require(max_trials is None or (_is_int(max_trials) and max_trials >= 1), "budget.max_trials",
+        _require(max_trials is None or (is_int(max_trials) and max_trials >= 1), "budget.max_trials",
                  "a positive integer or null", max_trials)
-        _require(max_seconds is None or (_is_number(max_seconds) and max_seconds > 0), "budget.max_seconds",
+        _require(max_seconds is None or (is_number(max_seconds) and max_seconds > 0), "budget.max_seconds",
                  "a positive number or null", max_seconds)
         if max_trials is None and max_seconds is None:
             raise ConfigError("budget needs max_trials or max_seconds (or both); use false to turn it off")
@@ -264,7 +250,7 @@ class Budget(StopRule):
         self._elapsed_s = elapsed_s or _wall_clock_since(time.monotonic())
 
     def check(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, Any] | None:
-        finished = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+        finished = len(study.get_trials(deepcopy=False, states=FINISHED_STATES))
         elapsed = float(self._elapsed_s())
         figures = {"finished_trials": finished, "max_trials": self.max_trials,
                    "elapsed_s": elapsed, "max_seconds": self.max_seconds}
@@ -292,12 +278,12 @@ class ROI(StopRule):
     def __init__(self, min_gain_per_hour: float, window: int = 10, warmup_trials: int = 10,
                  baseline: float | None = None) -> None:
         super().__init__()
-        _require(_is_number(min_gain_per_hour) and min_gain_per_hour > 0, "roi.min_gain_per_hour",
+        _require(is_number(min_gain_per_hour) and min_gain_per_hour > 0, "roi.min_gain_per_hour",
                  "a positive number", min_gain_per_hour)
-        _require(_is_int(window) and window >= 1, "roi.window", "a positive integer", window)
-        _require(_is_int(warmup_trials) and warmup_trials >= 0, "roi.warmup_trials",
+        _require(is_int(window) and window >= 1, "roi.window", "a positive integer", window)
+        _require(is_int(warmup_trials) and warmup_trials >= 0, "roi.warmup_trials",
                  "a non-negative integer", warmup_trials)
-        _require(baseline is None or (_is_number(baseline) and baseline != 0), "roi.baseline",
+        _require(baseline is None or (is_number(baseline) and baseline != 0), "roi.baseline",
                  "a non-zero number or null", baseline)
         self.min_gain_per_hour = float(min_gain_per_hour)
         self.window = window
@@ -306,7 +292,7 @@ class ROI(StopRule):
 
     def check(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, Any] | None:
         w = _window(study, self.window, since=self._since)
-        if w is None or len(_completed(study)) < self.warmup_trials + self.window:
+        if w is None or len(complete_trials(study)) < self.warmup_trials + self.window:
             return None
         starts = [t.datetime_start for t in w.trials if t.datetime_start is not None]
         ends = [t.datetime_complete for t in w.trials if t.datetime_complete is not None]
@@ -337,10 +323,10 @@ class FailureGuard(StopRule):
 
     def __init__(self, max_fail_share: float = 0.5, window: int = 10, min_trials: int = 4) -> None:
         super().__init__()
-        _require(_is_number(max_fail_share) and 0 < max_fail_share <= 1, "failure_guard.max_fail_share",
+        _require(is_number(max_fail_share) and 0 < max_fail_share <= 1, "failure_guard.max_fail_share",
                  "a share in (0, 1]", max_fail_share)
-        _require(_is_int(window) and window >= 1, "failure_guard.window", "a positive integer", window)
-        _require(_is_int(min_trials) and min_trials >= 1, "failure_guard.min_trials",
+        _require(is_int(window) and window >= 1, "failure_guard.window", "a positive integer", window)
+        _require(is_int(min_trials) and min_trials >= 1, "failure_guard.min_trials",
                  "a positive integer", min_trials)
         self.max_fail_share = float(max_fail_share)
         self.window = window
@@ -358,7 +344,7 @@ class FailureGuard(StopRule):
             return None
         errors: dict[str, int] = {}
         for t in failed:
-            reason = str(t.user_attrs.get("fail_reason") or t.system_attrs.get("fail_reason") or "unknown")
+            reason = str(t.user_attrs.get(FAIL_REASON_KEY) or t.system_attrs.get(FAIL_REASON_KEY) or "unknown")
             reason = reason[:_MAX_ERROR_CHARS]
             errors[reason] = errors.get(reason, 0) + 1
         top, top_count = max(errors.items(), key=lambda kv: kv[1])
@@ -446,17 +432,17 @@ def _build_rule(name: str, cls: type[StopRule], args: dict[str, Any],
 
 def stop_summary(study: optuna.Study) -> dict[str, Any] | None:
     """{"reason": rule name, "details": figures + message} if a rule stopped the study."""
-    reason = study.user_attrs.get(STOP_REASON_ATTR)
+    reason = study.user_attrs.get(STOP_REASON_KEY)
     if reason is None:
         return None
-    return {"reason": reason, "details": study.user_attrs.get(STOP_DETAILS_ATTR, {})}
+    return {"reason": reason, "details": study.user_attrs.get(STOP_DETAILS_KEY, {})}
 
 
 def clear_stop_record(study: optuna.Study) -> None:
     """Forget the last recorded stop (Optuna cannot delete a user attr, so both go to None);
     call when resuming, so a finished phase 2 does not report how phase 1 ended."""
-    study.set_user_attr(STOP_REASON_ATTR, None)
-    study.set_user_attr(STOP_DETAILS_ATTR, None)
+    study.set_user_attr(STOP_REASON_KEY, None)
+    study.set_user_attr(STOP_DETAILS_KEY, None)
 
 
 @dataclass(frozen=True)
@@ -471,22 +457,21 @@ class Verdict:
 def should_continue_optimization(study: optuna.Study, baseline: float | None = None,
                                  min_relative_gain: float = 0.05) -> Verdict:
     """The seed's question between phases: extend the search only if this one improved the
-    score by more than ~5 % over the baseline (default: the first completed trial, which
+    score by more than ~5 % over the baseline (default: records.baseline_value, the trial
     tunewise enqueues with the default settings), not within noise, and not already at
     the target."""
-    complete = _completed(study)
+    complete = complete_trials(study)
     if not complete:
         return Verdict(False, "No trial completed, so there is no gain to build on: fix the setup first.",
                        {"n_complete": 0})
-    sign = _sign(study)
-    best = max(complete, key=lambda t: sign * t.value).value
+    best = best_trial(study, complete).value
     if baseline is None:
-        baseline = complete[0].value
-    gain = sign * (best - baseline)
+        baseline = baseline_value(study)
+    gain = sign(study) * (best - baseline)
     # A zero baseline makes any real gain infinitely large relative to it.
     relative = gain / abs(baseline) if baseline != 0 else (math.inf if gain > 0 else 0.0)
     noise = noise_floor(study)
-    stopped_by = study.user_attrs.get(STOP_REASON_ATTR)
+    stopped_by = study.user_attrs.get(STOP_REASON_KEY)
     figures = {"n_complete": len(complete), "best": best, "baseline": baseline, "gain": gain,
                "relative_gain": relative, "min_relative_gain": min_relative_gain,
                "noise_floor": noise, "stop_reason": stopped_by}

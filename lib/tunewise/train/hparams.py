@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 
 from tunewise.data.batches import CROP_MODES
-from tunewise.errors import ConfigError, did_you_mean
+from tunewise.errors import ConfigError, did_you_mean, is_int, is_number
 
 AMP_MODES = ("auto", "bf16", "fp16", "off")  # auto: bf16 on CUDA, off on CPU
 
@@ -65,18 +65,10 @@ class TrainConfig:
             raise ConfigError("\n".join(errors))
 
 
-def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_num(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
 def _problems(c: TrainConfig):
     def rng(name, lo, hi, integer=False, lo_open=False):
         v = getattr(c, name)
-        ok = (_is_int(v) if integer else _is_num(v)) and (v > lo if lo_open else v >= lo) and v <= hi
+        ok = (is_int(v) if integer else is_number(v, finite=False)) and (v > lo if lo_open else v >= lo) and v <= hi
         if not ok:
             kind = "an integer" if integer else "a number"
             low = f"> {lo}" if lo_open else f">= {lo}"
@@ -115,7 +107,7 @@ def _problems(c: TrainConfig):
         names = list_optimizers()
         if c.optimizer.lower() not in names:
             yield "optimizer", f"{c.optimizer!r} is not a timm optimizer{did_you_mean(c.optimizer, names)}; allowed: adamw, sgd, or any of timm.optim.list_optimizers()"
-    if (c.mixup > 0 or c.cutmix > 0) and _is_int(c.batch_size) and c.batch_size % 2:
+    if (c.mixup > 0 or c.cutmix > 0) and is_int(c.batch_size) and c.batch_size % 2:
         yield "batch_size", f"{c.batch_size} is odd, but mixup/cutmix need an even batch size"
     for flag in ("pretrained", "hflip"):
         if not isinstance(getattr(c, flag), bool):

@@ -19,6 +19,7 @@ import torch
 
 from tunewise.data.cache import ImageData
 from tunewise.errors import ConfigError
+from tunewise.records import EPOCHS_RUN_KEY, FAIL_REASON_KEY, PRUNE_REASON_KEY
 from tunewise.train.hparams import TrainConfig
 from tunewise.train.models import build_model, check_model_name, check_pretrained_file, check_weights_match
 from tunewise.data.splits import train_val_split
@@ -37,8 +38,6 @@ def free_accelerator_memory() -> None:
 
 class Objective:
     """Callable objective over one cached dataset and one train/validation split."""
-
-    prunable = True  # reports every epoch; False for multi-objective studies (Optuna cannot prune those)
 
     def __init__(
         self,
@@ -117,18 +116,14 @@ class Objective:
 
         def report(m: EpochMetrics) -> None:
             trial.set_user_attr("accuracy", m.accuracy)
-            trial.set_user_attr("epochs_run", m.epoch)
-            if not self.prunable:
-                return
-            trial.report(m.f1, m.epoch)
-            if trial.should_prune():
-                raise optuna.TrialPruned(f"pruned after epoch {m.epoch} at macro-F1 {m.f1:.4f}")
+            trial.set_user_attr(EPOCHS_RUN_KEY, m.epoch)
+            self.report(trial, m)
 
         out_of_memory = False
         try:
             result = train_and_evaluate(self.data, self.train_idx, self.val_idx, cfg, device=self.device, on_epoch=report)
         except NonFiniteLoss as exc:
-            trial.set_user_attr("prune_reason", str(exc))
+            trial.set_user_attr(PRUNE_REASON_KEY, str(exc))
             raise optuna.TrialPruned(str(exc)) from None
         except torch.OutOfMemoryError:
             out_of_memory = True
@@ -136,7 +131,7 @@ class Objective:
             # Outside the except block, so the traceback (and the model, optimizer and
             # activations its frames hold) is already gone when memory is freed.
             free_accelerator_memory()
-            trial.set_user_attr("fail_reason", "out of memory")
+            trial.set_user_attr(FAIL_REASON_KEY, "out of memory")
             raise TrialFailed(f"out of memory (model {cfg.model}, batch_size {cfg.batch_size}, device {self.device})")
         trial.set_user_attr("accuracy", result.accuracy)
         trial.set_user_attr("best_epoch", result.best.epoch)
@@ -145,6 +140,13 @@ class Objective:
         trial.set_user_attr("data_s", round(result.data_s, 3))
         return self.values(trial, cfg, result)
 
+    def report(self, trial: optuna.Trial, m: EpochMetrics) -> None:
+        """The pruning contract: report the epoch's macro-F1, stop if the pruner says so
+        (multi-objective trials report nothing: Optuna cannot prune them)."""
+        trial.report(m.f1, m.epoch)
+        if trial.should_prune():
+            raise optuna.TrialPruned(f"pruned after epoch {m.epoch} at macro-F1 {m.f1:.4f}")
+
     def values(self, trial: optuna.Trial, cfg: TrainConfig, result) -> float:
-        """What the trial returns to Optuna: macro-F1 (objectives.MultiObjective adds more)."""
+        """What the trial returns to Optuna: macro-F1 (multiobjective.MultiObjective adds more)."""
         return result.f1

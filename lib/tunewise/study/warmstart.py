@@ -4,8 +4,8 @@ A new study can begin with the best trials of earlier ones: those on the same da
 (`warm_start_from: [auto]`, matched by the recorded dataset fingerprint), those that
 trained the same model family (`[family]`: timm's module, e.g. every convnext_* model), or
 named explicitly. Their parameters are enqueued clipped to the new space
-(`SearchSpace.clip`), and the lineage is recorded. From a multi-objective study (or into
-one) "best" means highest macro-F1 on the Pareto front. `trials_to_reach` tells the
+(`SearchSpace.clip`), and the lineage is recorded. "Best" is the source's objective
+strategy's ranking (from a multi-objective study: its Pareto front by macro-F1). `trials_to_reach` tells the
 post-mortem how early a study reached a given score (e.g. a cold study's best).
 """
 
@@ -14,13 +14,13 @@ from __future__ import annotations
 from typing import Any
 
 import optuna
-from optuna.study import StudyDirection
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import TrialState
 
 from tunewise.errors import ConfigError, did_you_mean
-from tunewise.search.narrow import LINEAGE_ATTR, WARM_START_ATTR, best_complete, warm_start
+from tunewise.records import FINISHED_STATES, LINEAGE_KEY, SPACE_KEY, complete_trials, identity, sign, storage_of
+from tunewise.search.narrow import enqueue_new
 from tunewise.search.space import SearchSpace
-from tunewise.study.identity import IDENTITY_KEY, SPACE_ATTR
+from tunewise.study.strategy import strategy_of
 
 AUTO = "auto"  # the studies recorded on the same dataset
 FAMILY = "family"  # the studies that trained the same model family
@@ -38,26 +38,26 @@ def model_family(name: str) -> str:
 
 def study_families(study: optuna.Study) -> set[str]:
     """The model families a study trained: its model, or every choice it searched."""
-    model = (study.user_attrs.get(IDENTITY_KEY) or {}).get("model")
+    model = identity(study).get("model")
     if model and model != "search":
         return {model_family(model)}
-    choices = ((study.user_attrs.get(SPACE_ATTR) or {}).get("model") or {}).get("choices") or []
+    choices = ((study.user_attrs.get(SPACE_KEY) or {}).get("model") or {}).get("choices") or []
     return {model_family(m) for m in choices}
 
 
 def source_studies(study: optuna.Study, names: list[str]) -> list[optuna.Study]:
     """The studies to warm-start from: named ones, "auto" (every other study recorded on the
     same dataset fingerprint) and "family" (every other study of the same model family)."""
-    storage = study._storage
+    storage = storage_of(study)
     existing = [n for n in optuna.get_all_study_names(storage) if n != study.study_name]
-    fingerprint = (study.user_attrs.get(IDENTITY_KEY) or {}).get("data_fingerprint")
+    fingerprint = identity(study).get("data_fingerprint")
     families = study_families(study)
     chosen: list[str] = []
     for name in names:
         if name in (AUTO, FAMILY):
             for other in existing:
                 loaded = optuna.load_study(study_name=other, storage=storage)
-                if name == AUTO and (loaded.user_attrs.get(IDENTITY_KEY) or {}).get("data_fingerprint") == fingerprint:
+                if name == AUTO and identity(loaded).get("data_fingerprint") == fingerprint:
                     chosen.append(other)
                 if name == FAMILY and families & study_families(loaded):
                     chosen.append(other)
@@ -72,61 +72,32 @@ def source_studies(study: optuna.Study, names: list[str]) -> list[optuna.Study]:
     return [optuna.load_study(study_name=n, storage=storage) for n in dict.fromkeys(chosen)]
 
 
-def _maximizes_f1(study: optuna.Study) -> bool:
-    return study.directions[0] == StudyDirection.MAXIMIZE
-
-
-def ranked(source: optuna.Study) -> list[FrozenTrial]:
-    """A source's complete trials, best first: by value, or (multi-objective) its Pareto
-    front by macro-F1."""
-    if len(source.directions) > 1:
-        return sorted(source.best_trials, key=lambda t: (-t.values[0], t.number))
-    return best_complete(source.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), source.direction.name.lower())
-
-
 def warm_start_from(study: optuna.Study, space: SearchSpace, names: list[str], n: int) -> list[dict[str, Any]]:
     """Enqueue the best `n` trials of each source study, clipped to `space`; record where from.
     Sources optimizing the other way (or with no complete trial) are passed over."""
     enqueued, lineage = [], []
-    single = len(study.directions) == 1
     for source in source_studies(study, names):
-        complete = source.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        if not complete or _maximizes_f1(source) != _maximizes_f1(study):
+        if not complete_trials(source) or sign(source) != sign(study):
             continue
-        if single and len(source.directions) == 1:
-            # One value each: narrow's warm start, the same one the focused phase uses.
-            enqueued += warm_start(study, complete, space, n, study.direction.name.lower(), source_name=source.study_name)
-            best = ranked(source)[:n]
-        else:
-            best = ranked(source)[:n]
-            for trial in best:
-                params = space.clip(trial.params)
-                if not params:
-                    continue
-                before = len(study.get_trials(deepcopy=False))
-                study.enqueue_trial(params, user_attrs={WARM_START_ATTR: trial.number}, skip_if_exists=True)
-                if len(study.get_trials(deepcopy=False)) > before:
-                    enqueued.append(params)
+        best = strategy_of(source).ranked(source)[:n]
+        for trial in best:
+            params = space.clip(trial.params)
+            if params and enqueue_new(study, params, trial.number):
+                enqueued.append(params)
         lineage.append({"from_study": source.study_name, "trials": [t.number for t in best]})
     if lineage:
-        study.set_user_attr(LINEAGE_ATTR, {"mode": "warm_start", "sources": lineage})
+        study.set_user_attr(LINEAGE_KEY, {"mode": "warm_start", "sources": lineage})
     return enqueued
 
 
 def trials_to_reach(study: optuna.Study, target: float) -> int | None:
     """How many finished trials the study needed before its best macro-F1 (its value, or its
     first objective) reached `target`."""
-    sign = 1 if _maximizes_f1(study) else -1
-    finished = [t for t in study.get_trials(deepcopy=False) if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    s = sign(study)
+    finished = [t for t in study.get_trials(deepcopy=False) if t.state in FINISHED_STATES]
     for count, t in enumerate(sorted(finished, key=lambda t: t.number), start=1):
-        if t.state == TrialState.COMPLETE and sign * t.values[0] >= sign * target:
+        if t.state == TrialState.COMPLETE and s * t.values[0] >= s * target:
             return count
     return None
 
 
-def best_f1(study: optuna.Study) -> float | None:
-    """The best macro-F1 of a study, single- or multi-objective."""
-    values = [t.values[0] for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
-    if not values:
-        return None
-    return max(values) if _maximizes_f1(study) else min(values)

@@ -1,0 +1,200 @@
+"""A phase's study made ready, run in this process, and summarized.
+
+`check` builds and checks everything a study needs (search space, sampler, pruner, stop
+rules, dataset, model) before any trial trains, so bad input fails at once; `prepare` then
+creates or resumes the study. `start_new_study` queues the baseline (the default settings,
+trial 0) and any warm-start trials; `run_here` runs the trials in this process; `summarize`
+is the summary.json every phase run writes. tuning.tune picks this process or workers.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import optuna
+from optuna.trial import TrialState
+
+from tunewise import __version__
+from tunewise import config as P
+from tunewise.atomic import write_json_atomic
+from tunewise.data.cache import ImageData, announce, describe, load_images
+from tunewise.records import BASELINE_KEY, SPACE_KEY, baseline_value
+from tunewise.search.samplers import describe_pruner, describe_sampler, make_pruner, make_sampler
+from tunewise.search.space import SearchSpace
+from tunewise.study.warmstart import warm_start_from
+from tunewise.study.budget import StudyClock
+from tunewise.study.identity import make_identity, record_params
+from tunewise.study.runner import RunResult, run_trials
+from tunewise.study.storage import JOURNAL_NAME, open_storage, redact
+from tunewise.study.strategy import METRIC, ObjectiveStrategy, SingleObjective, strategy_for
+from tunewise.train.hparams import TrainConfig
+from tunewise.train.objective import Objective
+
+
+@dataclass
+class Prepared:
+    params: dict[str, Any]
+    space: SearchSpace
+    data: ImageData
+    objective: Objective
+    study: optuna.Study
+    run_dir: Path
+    strategy: ObjectiveStrategy = field(default_factory=SingleObjective)  # chosen once, in check()
+
+
+@dataclass
+class Checked:
+    """Everything a study needs, built and checked; nothing written yet."""
+
+    space: SearchSpace
+    sampler: optuna.samplers.BaseSampler
+    pruner: optuna.pruners.BasePruner
+    data: ImageData
+    objective: Objective
+    strategy: ObjectiveStrategy = field(default_factory=SingleObjective)
+
+
+def check(p: dict[str, Any], space: SearchSpace | None = None) -> Checked:
+    """Build and check the search space, sampler, pruner, stop rules, dataset and model
+    before any trial trains or any file is written (the dataset cache aside)."""
+    space = space or SearchSpace.from_dict(p["search_space"] if p["search_space"] is not None else P.SEED_SPACE)
+    sampler = make_sampler(p["sampler"], seed=p["seed"])
+    strategy = strategy_for(p)
+    pruner = strategy.pruner(make_pruner(p["pruner"]))
+    strategy.stop_rules(p["stop_rules"])  # checks the rules now; built again with the clock in run_here()
+    data = load_images(P.data_spec(p), p["cache_dir"])
+    announce(data)  # one line of what was loaded, once per process
+    objective = strategy.objective(
+        data, space, P.train_settings(p), val_fraction=p["val_fraction"], split_seed=p["split_seed"], device=p["device"],
+    )
+    return Checked(space, sampler, pruner, data, objective, strategy)
+
+
+def prepare(p: dict[str, Any], checked: Checked | None = None, *, record: bool = True) -> Prepared:
+    """Everything checked and built, the study created or resumed; nothing trained yet.
+
+    `record`: keep `p` in the study for workers that join it later (a joining worker
+    passes False, so its machine's overrides do not become the study's)."""
+    c = checked or check(p)
+    run_dir = Path(p["run_dir"])
+    storage = open_storage(p["storage"], run_dir)  # last: nothing is written for refused input
+    model = "search" if "model" in c.space.distributions else c.objective.base.model
+    identity = make_identity(
+        phase=p["phase"], space_fingerprint=c.space.fingerprint(), data_fingerprint=c.data.fingerprint,
+        model=model, metric=METRIC,
+    )
+    strategy = c.strategy
+    study = strategy.open_study(p["study_name"], storage, identity=identity, sampler=c.sampler, pruner=c.pruner,
+                                force=p["force"])
+    study.set_user_attr(SPACE_KEY, c.space.to_dict())
+    if record:
+        record_params(study, p)  # what `tunewise worker` on another machine joins with
+    with warnings.catch_warnings():  # experimental in Optuna 5, stable enough for a label
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        # Dashboards label the axis "macro_f1", not "Objective 0".
+        study.set_metric_names(strategy.metric_names)
+    if study.trials and p["seed"] is not None:
+        # A resumed run with the same seed would replay the first run's random draws
+        # (duplicate trials): offset the seed by what the study already holds.
+        study.sampler = make_sampler(p["sampler"], seed=p["seed"] + len(study.trials))
+    return Prepared(p, c.space, c.data, c.objective, study, run_dir, strategy)
+
+
+def baseline_params(space: SearchSpace, fixed: dict[str, Any]) -> dict[str, Any]:
+    """The default settings (tunewise's, under the user's fixed ones) as a point of the space."""
+    defaults = {**TrainConfig().to_dict(), **fixed}
+    return space.clip({k: defaults[k] for k in space.distributions if k in defaults})
+
+
+def run_here(
+    p: dict[str, Any],
+    *,
+    callbacks: Sequence[Callable] = (),
+    show_progress_bar: bool = False,
+    prep: Prepared | None = None,
+    baseline: float | None = None,
+) -> dict[str, Any]:
+    """Run (or resume) the phase's study in this process; returns the summary also written
+    to summary.json (arguments as tuning.tune's)."""
+    prep = prep or prepare(p)
+    study = prep.study
+    start_new_study(prep)
+    clock = StudyClock(study)
+    rules, _ = prep.strategy.stop_rules(p["stop_rules"], elapsed_s=clock.elapsed_s)
+    result = run_trials(
+        study, prep.objective, n_trials=p["n_trials"], timeout=p["timeout"], callbacks=[*rules, *callbacks], clock=clock,
+        show_progress_bar=show_progress_bar,
+    )
+    summary = summarize(prep, result, baseline)
+    write_json_atomic(prep.run_dir / "summary.json", summary)
+    return summary
+
+
+def start_new_study(prep: Prepared) -> None:
+    """Queue what a study with no trials yet starts with: the baseline (the default
+    settings) and the warm-start trials. Done once, before any trial or worker runs."""
+    study, p = prep.study, prep.params
+    if study.trials:
+        return
+    if p["baseline"]:
+        study.enqueue_trial(baseline_params(prep.space, P.train_settings(p)), user_attrs={BASELINE_KEY: True})
+    if p["warm_start_from"]:
+        warm_start_from(study, prep.space, p["warm_start_from"], p["warm_start_n"])
+
+
+def summarize(prep: Prepared, result: RunResult, baseline: float | None = None) -> dict[str, Any]:
+    study, p = prep.study, prep.params
+    states = {s.name.lower(): 0 for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING, TrialState.WAITING)}
+    for t in study.get_trials():
+        states[t.state.name.lower()] = states.get(t.state.name.lower(), 0) + 1
+    base = baseline_value(study) if baseline is None else baseline
+    best = result.best_value
+    gain = None if base is None or best is None else best - base
+    return {
+        "headline": headline(best, base, result.n_finished, result.elapsed_s),
+        "study_name": study.study_name,
+        "phase": p["phase"],
+        "storage": storage_label(p),
+        "metric": METRIC,
+        "best_value": best,
+        "best_params": result.best_params,
+        "baseline_value": base,
+        "gain": gain,
+        "relative_gain": None if gain is None or not base else gain / base,
+        "trials": states,
+        "n_finished": result.n_finished,
+        "stop_reason": result.stop_reason,
+        "stop_details": result.stop_details,
+        "elapsed_s": round(result.elapsed_s, 2),
+        "run_wall_s": round(result.run_wall_s, 2),
+        "interrupted": result.interrupted,
+        "data": describe(prep.data),
+        "sampler": describe_sampler(p["sampler"]),
+        "pruner": describe_pruner(p["pruner"]),
+        "search_space": prep.space.to_dict(),
+        "tunewise_version": __version__,
+        **prep.strategy.summary_extra(study, p),
+    }
+
+
+def headline(best: float | None, base: float | None, n_finished: int, elapsed_s: float) -> str:
+    if best is None:
+        return f"no trial completed ({n_finished} finished)"
+    vs = f" vs baseline {base:.4f} ({(best - base) / base:+.1%})" if base else ""
+    return f"best macro-F1 {best:.4f}{vs}, {n_finished} trials, {elapsed_s / 60:.1f} min"
+
+
+def storage_label(p: dict[str, Any]) -> str:
+    """Where the study lives, safe to show (passwords masked)."""
+    url = p["storage"] or os.environ.get("TUNEWISE_STORAGE")
+    return redact(url) if url else str(Path(p["run_dir"]) / JOURNAL_NAME)
+
+
+
+
+

@@ -1,0 +1,177 @@
+"""Several workers on one phase's study: the orchestration above study/workers.py.
+
+- ``run_workers(p, n, gpus)``: prepares the study once (bad input fails before any worker
+  starts; the baseline is queued once), starts ``n`` worker processes on it (this module's
+  ``python -m`` entry point), optionally follows it (``progress(study)`` for a live view)
+  and returns the study-wide summary. Together the workers finish exactly ``n_trials``
+  (see study/runner.py); Ctrl-C stops them all cleanly.
+- ``join_study(name, storage)``: what each worker runs, and what ``tunewise worker`` runs on
+  another machine: it reads the parameters the study was prepared with
+  (``tunewise.params``), rebuilds the data and objective, and runs trials until the study's
+  budget is met.
+
+Worker logs and results go to ``<run_dir>/workers/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+import optuna
+
+from tunewise import config
+from tunewise.atomic import write_json_atomic
+from tunewise.errors import ConfigError, TunewiseError
+from tunewise.study.identity import recorded_params
+from tunewise.study.storage import ENV_VAR, StorageLost, load_study, open_storage
+from tunewise.study.workers import (
+    STOP_GRACE_S,
+    ParentWatch,
+    limit_threads,
+    plan_workers,
+    run_worker_processes,
+    worker_sampler,
+)
+
+if TYPE_CHECKING:
+    from tunewise.phases.prepare import Prepared
+
+WORKER_MODULE = "tunewise.phases.workers"  # what `python -m` runs in each worker process
+EXIT_STORAGE_LOST = 3
+
+_log = logging.getLogger(__name__)
+
+
+def run_workers(
+    p: dict[str, Any],
+    n_workers: int,
+    gpus: list[int] | None = None,
+    *,
+    progress: Callable[[optuna.Study], None] | None = None,
+    threads: int | None = None,
+    poll_s: float = 1.0,
+    stop_grace_s: float = STOP_GRACE_S,
+    prep: Prepared | None = None,
+    baseline: float | None = None,
+) -> dict[str, Any]:
+    """Run the phase's study with ``n_workers`` processes; returns the study-wide summary
+    (prepare.summarize's, plus ``workers``: one entry per worker), also written to summary.json.
+
+    ``progress(study)`` is called every ``poll_s`` seconds while the workers run;
+    ``threads``: CPU threads per worker (default: the cores split evenly). Ctrl-C
+    sends each worker one SIGINT (its trial is failed and queued again), waits up to
+    ``stop_grace_s`` and returns the summary with ``interrupted`` true. ``prep`` reuses
+    an earlier ``prepare(p)``; ``baseline`` is as in ``tuning.tune``.
+    """
+    from tunewise.phases import prepare as phase
+
+    plans = plan_workers(p, n_workers, gpus, threads)
+    prep = prep or phase.prepare(p)
+    phase.start_new_study(prep)
+    result, described = run_worker_processes(p, prep.study, plans, prep.run_dir / "workers", WORKER_MODULE,
+                                             progress=progress, poll_s=poll_s, stop_grace_s=stop_grace_s)
+    summary = phase.summarize(prep, result, baseline)
+    summary["workers"] = described
+    write_json_atomic(prep.run_dir / "summary.json", summary)
+    return summary
+
+
+def join_study(
+    study_name: str,
+    storage_url: str | None = None,
+    *,
+    overrides: dict[str, Any] | None = None,
+    threads: int | None = None,
+    worker: str | int | None = None,
+    parent_pid: int | None = None,
+    result_path: str | Path | None = None,
+    callbacks: list[Callable] | None = None,
+) -> dict[str, Any]:
+    """Join study ``study_name`` in ``storage_url`` (None: $TUNEWISE_STORAGE) and run trials
+    until its budget is met; returns the study-wide summary (as tuning.tune).
+
+    The parameters are those the study recorded when it was prepared, with ``overrides``
+    on top (e.g. ``{"device": "cuda:1", "dataset": "/data/train"}`` on another machine).
+    Data that differ from the study's are refused, as on any resume. ``threads`` caps
+    torch's CPU threads; ``worker`` tags this worker for its sampler seed; a worker started
+    by run_workers stops after its trial if that process (``parent_pid``) is gone.
+    """
+    if threads:
+        limit_threads(threads)
+    url = storage_url or os.environ.get(ENV_VAR)
+    if not url:
+        raise ConfigError("worker: no storage given; allowed: --storage URL (e.g. "
+                          "postgresql://USER:${PASSWORD}@HOST/DB or a .journal file) or $TUNEWISE_STORAGE")
+    study = load_study(study_name, open_storage(url, ".", must_exist=True))
+    # Only now the training stack (torch, timm): a worker that cannot reach its storage
+    # says so in a second.
+    from tunewise.phases import prepare as phase
+
+    overrides = dict(overrides or {})
+    # One worker, headless; the study's recorded parameters under this machine's overrides.
+    p = config.resolve({**recorded_params(study), "storage": storage_url, "force": False,
+                        "interactive": False, **overrides, "workers": 1})
+    prep = phase.prepare(p, record=False)  # the study's parameters stay the starter's
+    prep.study.sampler = worker_sampler(p, prep.study, worker)
+    extra = list(callbacks or [])
+    if parent_pid:
+        extra.append(ParentWatch(parent_pid))
+    summary = phase.run_here(p, prep=prep, callbacks=extra)
+    if result_path:
+        write_json_atomic(result_path, summary)
+    return summary
+
+
+# --- the worker process --------------------------------------------------------------------
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog=f"python -m {WORKER_MODULE}",
+                                 description="One tunewise worker (started by run_workers).")
+    ap.add_argument("--study", required=True)
+    ap.add_argument("--storage", help="default: $TUNEWISE_STORAGE")
+    ap.add_argument("--index", type=int)
+    ap.add_argument("--threads", type=int)
+    ap.add_argument("--parent-pid", type=int)
+    ap.add_argument("--result")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=JSON")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        summary = join_study(args.study, args.storage, overrides=_parse_set(args.overrides),
+                             threads=args.threads, worker=args.index, parent_pid=args.parent_pid,
+                             result_path=args.result)
+    except StorageLost as exc:
+        print(f"tunewise: error: {exc}", file=sys.stderr)
+        return EXIT_STORAGE_LOST
+    except TunewiseError as exc:
+        print(f"tunewise: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 130 if summary["interrupted"] else 0
+
+
+def _parse_set(items: list[str]) -> dict[str, Any]:
+    """The ``--set KEY=JSON`` overrides run_workers passes each worker (users type YAML into
+    ``tunewise worker``, which params.parse_set reads; this entry point is for run_workers)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, _, raw = item.partition("=")
+        out[key.strip()] = json.loads(raw)
+    config.check_keys(out, "--set")
+    return out
+
+
+if __name__ == "__main__":
+    sys.exit(main())
