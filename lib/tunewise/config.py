@@ -7,9 +7,10 @@ flat set of names; the library below them reads only this module, never params.p
 
 from __future__ import annotations
 
+import os
 from typing import Any, Mapping
 
-from tunewise.data.sources import DataSpec
+from tunewise.data.sources import BUILTIN, DataSpec
 from tunewise.errors import ConfigError, did_you_mean
 from tunewise.train.hparams import TrainConfig
 
@@ -54,6 +55,7 @@ PHASE_DEFAULTS: dict[str, Any] = {
     "warm_start_from": [],  # start from the best trials of these studies ([auto]: same dataset, [family]: same model family)
     "max_latency_ms": 0.0,  # postmortem: best macro-F1 within this latency, ms per image (0: no limit)
     "max_params": 0,  # postmortem: best macro-F1 within this many parameters (0: no limit)
+    "new_study": False,  # focused/validate: use data or training settings other than the source study's
 }
 
 DATA_KEYS = [f for f in DataSpec.__dataclass_fields__]
@@ -66,6 +68,14 @@ DEFAULTS: dict[str, Any] = {
 }
 
 PHASES = ("quick", "focused", "validate", "postmortem")
+
+# Parameters holding a file or folder: recorded absolute (study record, final.yaml), so a
+# worker or a params file works from any folder. Built-in dataset names stay names.
+PATH_KEYS = ("dataset", "image_dir", "run_dir", "cache_dir", "pretrained_file")
+# What decides which images, split into which train/validation halves, a score is measured on.
+SPLIT_KEYS = ("val_fraction", "split_seed")
+# Training settings that never change a score (memory and speed only).
+SCORE_NEUTRAL_KEYS = ("eval_batch_size",)
 
 # The seed's wide space for the quick phase (lr, batch size, weight decay, dropout).
 SEED_SPACE: dict[str, Any] = {
@@ -141,7 +151,7 @@ def check_values(p: dict[str, Any]) -> None:
         check_objectives(p["objectives"])
     except ConfigError as exc:
         errors.append(str(exc))
-    for flag in ("baseline", "force", "skip_bad_images", "always_run", "interactive"):
+    for flag in ("baseline", "force", "skip_bad_images", "always_run", "interactive", "new_study"):
         need(isinstance(p[flag], bool), flag, "true or false")
     if errors:
         raise ConfigError("\n".join(errors))
@@ -154,3 +164,20 @@ def data_spec(p: dict[str, Any]) -> DataSpec:
 def train_settings(p: dict[str, Any]) -> dict[str, Any]:
     """The fixed training settings: every TrainConfig field the parameters hold."""
     return {k: p[k] for k in TRAIN_KEYS}
+
+
+def absolute_paths(p: Mapping[str, Any]) -> dict[str, Any]:
+    """`p` with every PATH_KEYS value made absolute (against the current folder); empty
+    values, built-in dataset names and URLs are left as they are."""
+    out = dict(p)
+    for key in PATH_KEYS:
+        value = out.get(key)
+        if not isinstance(value, str) or not value or "://" in value or (key == "dataset" and value in BUILTIN):
+            continue
+        out[key] = os.path.abspath(os.path.expanduser(value))
+    return out
+
+
+def fixed_training(p: Mapping[str, Any], searched: set[str] | frozenset[str] = frozenset()) -> dict[str, Any]:
+    """The training settings a study holds fixed (not searched), score-neutral ones left out."""
+    return {k: p[k] for k in TRAIN_KEYS if k not in searched and k not in SCORE_NEUTRAL_KEYS}

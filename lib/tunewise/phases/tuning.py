@@ -31,7 +31,9 @@ from tunewise.search.samplers import describe_pruner, describe_sampler, make_pru
 from tunewise.search.space import SearchSpace
 from tunewise.study.stoprules import build_stop_rules
 from tunewise.study.storage import open_storage, redact
+from tunewise.errors import ConfigError
 from tunewise.study.identity import SPACE_ATTR, StudyClock, make_identity, open_study, record_params
+from tunewise.study.identity import check_resume as check_study_resume
 
 BASELINE_ATTR = "tunewise.baseline"
 METRIC = "macro_f1"
@@ -88,20 +90,18 @@ def prepare(p: dict[str, Any], checked: Checked | None = None, *, record: bool =
     c = checked or check(p)
     run_dir = Path(p["run_dir"])
     storage = open_storage(p["storage"], run_dir)  # last: nothing is written for refused input
-    model = "search" if "model" in c.space.distributions else c.objective.base.model
-    identity = make_identity(
-        phase=p["phase"], space_fingerprint=c.space.fingerprint(), data_fingerprint=c.data.fingerprint,
-        model=model, metric=METRIC,
-    )
+    identity = study_identity(p, c)
     if MO.is_multi(p):
         study = MO.open_multi_study(p["study_name"], storage, objectives=p["objectives"], identity=identity,
-                                    sampler=c.sampler, force=p["force"])
+                                    sampler=c.sampler, force=p["force"], distributions=c.space.distributions)
     else:
         MO.refuse_multi(storage, p["study_name"])
-        study = open_study(p["study_name"], storage, identity=identity, sampler=c.sampler, pruner=c.pruner, force=p["force"])
-    study.set_user_attr(SPACE_ATTR, c.space.to_dict())
+        study = open_study(p["study_name"], storage, identity=identity, sampler=c.sampler, pruner=c.pruner, force=p["force"],
+                           distributions=c.space.distributions)
+    if study.user_attrs.get(SPACE_ATTR) != c.space.to_dict():
+        study.set_user_attr(SPACE_ATTR, c.space.to_dict())
     if record:
-        record_params(study, p)  # what `tunewise worker` on another machine joins with
+        record_params(study, P.absolute_paths(p))  # what `tunewise worker` on another machine joins with
     with warnings.catch_warnings():  # experimental in Optuna 5, stable enough for a label
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         # Dashboards label the axis "macro_f1", not "Objective 0".
@@ -111,6 +111,45 @@ def prepare(p: dict[str, Any], checked: Checked | None = None, *, record: bool =
         # (duplicate trials): offset the seed by what the study already holds.
         study.sampler = make_sampler(p["sampler"], seed=p["seed"] + len(study.trials))
     return Prepared(p, c.space, c.data, c.objective, study, run_dir)
+
+
+def study_identity(p: dict[str, Any], c: Checked) -> dict[str, Any]:
+    """What makes this study's scores comparable: the data (fingerprint and settings), the
+    split, every fixed training setting, the space, the model and the metric."""
+    model = "search" if "model" in c.space.distributions else c.objective.base.model
+    searched = set(c.space.distributions) | set(c.space.fixed)
+    where = P.absolute_paths(p)
+    settings = {
+        **{k: p[k] for k in P.DATA_KEYS if k not in ("dataset", "image_dir")},
+        **{k: p[k] for k in P.SPLIT_KEYS},
+        **{k: v for k, v in P.fixed_training(p, searched).items() if k not in ("model", "pretrained_file")},
+    }
+    return make_identity(
+        phase=p["phase"], space_fingerprint=c.space.fingerprint(), data_fingerprint=c.data.fingerprint,
+        model=model, metric=METRIC, settings=settings, search_space=c.space.to_dict(),
+        location={k: where[k] for k in ("dataset", "image_dir", "pretrained_file")},
+    )
+
+
+def check_resume(p: dict[str, Any], c: Checked) -> None:
+    """Refuse, reading only, what `prepare` would refuse when it resumes the study: for a
+    caller that must write nothing (not even a notebook) when the run is refused."""
+    if p["storage"] is None and not os.environ.get("TUNEWISE_STORAGE") and not (Path(p["run_dir"]) / "study.journal").is_file():
+        return  # no storage yet: a new study
+    try:
+        storage = open_storage(p["storage"], p["run_dir"], must_exist=True)
+    except ConfigError:
+        return  # a storage file not made yet: a new study
+    if p["study_name"] not in optuna.get_all_study_names(storage):
+        return
+    study = optuna.load_study(study_name=p["study_name"], storage=storage)
+    if MO.is_multi(p) != MO.is_multi_study(study):
+        return  # prepare says why, in its own words
+    identity = study_identity(p, c)
+    if MO.is_multi(p):
+        identity = {**identity, "objectives": list(p["objectives"])}
+    directions = MO.directions(p["objectives"]) if MO.is_multi(p) else ["maximize"]
+    check_study_resume(study, identity, force=p["force"], directions=directions, distributions=c.space.distributions)
 
 
 def baseline_params(space: SearchSpace, fixed: dict[str, Any]) -> dict[str, Any]:

@@ -173,7 +173,7 @@ class MultiObjective(Objective):
 
 
 def open_multi_study(name: str, storage, *, objectives: Sequence[str], identity: dict[str, Any],
-                     sampler=None, force: bool = False) -> optuna.Study:
+                     sampler=None, force: bool = False, distributions=None) -> optuna.Study:
     """Create or resume multi-objective study `name`; refuse one made for other objectives,
     and (as study.open_study does for any study) a resume for another setup unless `force`."""
     if name in optuna.get_all_study_names(storage):
@@ -184,7 +184,7 @@ def open_multi_study(name: str, storage, *, objectives: Sequence[str], identity:
                 f"study {name!r} optimizes {stored} and cannot be resumed with objectives {list(objectives)}: "
                 "Optuna cannot change a study's objectives; use a new study name")
     return open_study(name, storage, directions=directions(objectives), sampler=sampler, force=force,
-                      identity={**identity, "objectives": list(objectives)})
+                      identity={**identity, "objectives": list(objectives)}, distributions=distributions)
 
 
 def refuse_multi(storage, name: str) -> None:
