@@ -242,6 +242,7 @@ def summarize(prep: Prepared, result: RunResult, baseline: float | None = None) 
         "elapsed_s": round(result.elapsed_s, 2),
         "run_wall_s": round(result.run_wall_s, 2),
         "interrupted": result.interrupted,
+        "dataset": P.absolute_paths(p)["dataset"],  # what was searched, absolute (or a built-in name)
         "data": describe(prep.data),
         "sampler": describe_sampler(p["sampler"]),
         "pruner": describe_pruner(p["pruner"]),

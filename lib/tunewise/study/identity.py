@@ -1,9 +1,13 @@
 """A study that knows what it is, what it has spent, and who is running its trials.
 
 - Identity: ``tunewise.identity`` (study user attr) records the phase, search-space and
-  dataset fingerprints, model, metric, direction and tunewise version. Resuming a study
-  made for a different setup is refused (its trials would not be comparable) unless forced;
-  every change is appended to ``tunewise.identity_history``.
+  dataset fingerprints, the space itself, the fixed settings that change what a score means
+  (data settings, split, epochs and the other training settings not searched), where the
+  data lies, model, metric, direction and tunewise version. Resuming a study made for a
+  different setup is refused (its trials would not be comparable) unless forced, with each
+  difference by name and value, before anything is written; a categorical parameter's
+  choices can never change (Optuna would fail every later trial). Every accepted change is
+  appended to ``tunewise.identity_history``.
 - Budget: ``finished_trials`` counts COMPLETE + PRUNED trials across every run;
   ``StudyClock`` keeps the time spent across runs in ``tunewise.elapsed_s``.
 - Crash recovery: each trial records its worker (host, pid namespace, pid, process start)
