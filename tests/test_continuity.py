@@ -153,7 +153,7 @@ def test_changed_categorical_choices_are_refused_even_with_force(mine, run_copy,
     monkeypatch.chdir(home)
     assert main(["run", "quick", *args, "--set", "force=true", "--out", str(run_copy)]) == 2
     err = capsys.readouterr().err
-    assert "batch_size: choices [8, 16] -> [16, 32]" in err and "even with force" in err
+    assert "batch_size: choices [8, 16] -> choices [16, 32]" in err and "even with force" in err
     assert "--set 'warm_start_from=[quick]'" in err
     assert main(["tune", *args, "--set", "study_name=quick", "--set", "force=true", "--out", str(run_copy)]) == 2
     assert snapshot(run_copy) == before
@@ -175,6 +175,17 @@ def test_a_study_stopped_by_its_failure_guard_exits_1_and_keeps_the_good_report(
     failed = json.loads((run_copy / "summary.failed.json").read_text())
     assert failed["stop_reason"] == "failure_guard"
     assert main(["tune", *broken, "--set", "study_name=quick", "--out", str(run_copy)]) == 1
+
+
+def test_focused_resume_mode_keeps_the_categorical_choices(run_copy):
+    """focus_mode: resume continues the quick study in the narrowed space; narrowing drops
+    categorical choices no top trial used, which one study cannot do: its choices stay."""
+    before = len(_study(run_copy, "quick").trials)
+    assert main(["run", "focused", "--set", "focus_mode=resume", "--set", "always_run=true", "--set", "n_trials=1",
+                 "--out", str(run_copy)]) == 0
+    resumed = _study(run_copy, "quick")
+    assert len(resumed.trials) == before + 1 and resumed.trials[-1].state.name == "COMPLETE"
+    assert resumed.user_attrs["tunewise.search_space"]["batch_size"]["choices"] == [8, 16]
 
 
 def _identity(**extra):
@@ -204,7 +215,7 @@ def test_a_refused_open_study_leaves_the_journal_byte_identical(tmp_path):
     before = snapshot(tmp_path)
     with pytest.raises(ConfigError, match=r"hflip: True -> False"):
         open_study("s", open_storage(None, tmp_path), identity=_identity(settings={"hflip": False}))
-    with pytest.raises(ConfigError, match=r"batch_size: choices \[8, 16\] -> \[16, 32\]"):
+    with pytest.raises(ConfigError, match=r"batch_size: choices \[8, 16\] -> choices \[16, 32\]"):
         open_study("s", open_storage(None, tmp_path), identity=_identity(settings={"hflip": True}), force=True,
                    distributions={"batch_size": optuna.distributions.CategoricalDistribution([16, 32])})
     assert snapshot(tmp_path) == before

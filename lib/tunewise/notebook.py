@@ -351,7 +351,7 @@ def record_validation(p: dict[str, Any], source: optuna.Study, v: Validation, co
             + ("Winner: best." if winner_name == "best" else "Winner: baseline, the defaults: the tuned settings did not beat them beyond noise."))
     # Absolute paths: the file works from any folder (built-in dataset names stay names).
     where = P.absolute_paths(p)
-    path = write_params_file(Path(p["run_dir"]) / p["params_out"], where, configs[winner_name], note)
+    path = write_params_file(Path(where["run_dir"]) / p["params_out"], where, configs[winner_name], note)
     means = v.means
     summary = {
         "phase": p["phase"], "source_study": source.study_name, "dataset": where["dataset"], "image_dir": where["image_dir"],
