@@ -259,7 +259,7 @@ def write_index(out: Path, runs: list[PhaseRun]) -> Path:
     for r in runs:
         s = r.summary or {}
         status = "failed" if not r.ok else ("skipped search" if r.skipped else "done")
-        link = f'<a href="{r.phase}/{r.phase}.html">{r.phase}</a>' if r.html else r.phase
+        link = f'<a href="{r.phase}/{r.html.name}">{r.phase}</a>' if r.html else r.phase
         headline = html.escape(str(s.get("headline", "")))
         rows.append(f"<tr><td>{link}</td><td>{status}</td><td>{headline}</td><td>{r.wall_s:.1f}</td></tr>")
     page = (
