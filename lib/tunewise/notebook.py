@@ -15,7 +15,6 @@ from typing import Any
 import optuna
 import plotly.io as pio
 from IPython.display import HTML, display
-from optuna.trial import TrialState
 
 from tunewise import params as P
 from tunewise.study import objectives as MO
