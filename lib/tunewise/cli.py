@@ -17,9 +17,12 @@
         copy the finished trials of independent studies (SOURCE: STORAGE or STORAGE#STUDY)
         into one study, origin recorded, duplicates skipped; then run the post-mortem on it
 
-Bad input is one readable message and exit status 2 (add --traceback to see where); a
-failed notebook cell exits 1 with the executed notebook kept; a storage lost mid-study
-(after retrying) exits 3; Ctrl-C exits 130.
+Bad input, or a resume refused because the study was made for another setup, is one
+readable message and exit status 2, with nothing written (add --traceback to see where).
+A failed run exits 1: a failed notebook cell, or a study stopped by its failure guard (most
+trials failed) or by a setup error; `run` keeps the last good report and writes the failed
+one beside it (PHASE.failed.ipynb / .html). A storage lost mid-study (after retrying)
+exits 3; Ctrl-C exits 130.
 """
 
 from __future__ import annotations
@@ -197,14 +200,17 @@ def _report(run) -> None:
     print(f"[{run.phase}] {status} in {run.wall_s:.1f} s: {run.notebook}" + (f", {run.html}" if run.html else ""))
     if run.summary and run.summary.get("headline"):
         print(f"[{run.phase}] {run.summary['headline']}")
-    if not run.ok:
+    if not run.ok and run.error.startswith("cell "):
         print(f"tunewise: {run.phase} notebook failed at {run.error}", file=sys.stderr)
         print(f"tunewise: the executed notebook, error marked, is kept at {run.notebook}", file=sys.stderr)
+    elif not run.ok:
+        print(f"tunewise: {run.phase} failed: {run.error}", file=sys.stderr)
+        print(f"tunewise: its report is at {run.notebook}", file=sys.stderr)
 
 
 def _run(args) -> int:
     from tunewise import params as P
-    from tunewise.execute import phase_params, pipeline, run_phase
+    from tunewise.execute import FAILED_STOPS, phase_params, pipeline, run_phase
 
     if args.command == "merge":
         return _merge(args)
@@ -226,7 +232,9 @@ def _run(args) -> int:
         summary = tune(p, callbacks=callbacks)
         _print_study(summary)
         print(f"summary: {Path(p['run_dir']) / 'summary.json'}")
-        return 130 if summary["interrupted"] else 0
+        if summary["interrupted"]:
+            return 130
+        return 1 if summary["stop_reason"] in FAILED_STOPS else 0
     if args.command == "run":
         p = phase_params(args.phase, args.params, overrides)
         run = run_phase(args.phase, p, progress=True)

@@ -16,17 +16,26 @@ never params.py; functions take the section they need (`cfg.data`, `cfg.train`, 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, Iterator
 
-from tunewise.data.sources import DataSpec
+from tunewise.data.sources import BUILTIN, DataSpec
 from tunewise.errors import ConfigError, did_you_mean, is_int, is_number
 from tunewise.train.hparams import TrainConfig
 from tunewise.train.objective_names import check_objectives
 
 PHASES = ("quick", "focused", "validate", "postmortem")
 FOCUS_MODES = ("warm_start", "resume")
+
+# Parameters holding a file or folder: recorded absolute (study record, final.yaml), so a
+# worker or a params file works from any folder. Built-in dataset names stay names.
+PATH_KEYS = ("dataset", "image_dir", "run_dir", "cache_dir", "pretrained_file")
+# What decides which images, split into which train/validation halves, a score is measured on.
+SPLIT_KEYS = ("val_fraction", "split_seed")
+# Training settings that never change a score (memory and speed only).
+SCORE_NEUTRAL_KEYS = ("eval_batch_size",)
 
 # The seed's wide space for the quick phase (lr, batch size, weight decay, dropout).
 SEED_SPACE: dict[str, Any] = {
@@ -130,6 +139,7 @@ class PhaseSettings:
     warm_start_from: list = field(default_factory=list)  # start from the best trials of these studies ([auto]: same dataset, [family]: same model family)
     max_latency_ms: float = 0.0  # postmortem: best macro-F1 within this latency, ms per image (0: no limit)
     max_params: int = 0  # postmortem: best macro-F1 within this many parameters (0: no limit)
+    new_study: bool = False  # focused/validate: use data or training settings other than the source study's
 
     def problems(self) -> list[str]:
         c = _Checks(self)
@@ -151,7 +161,7 @@ class PhaseSettings:
         c.need(is_number(self.max_latency_ms) and self.max_latency_ms >= 0, "max_latency_ms",
                "milliseconds per image >= 0 (0: no limit)")
         c.need(is_int(self.max_params) and self.max_params >= 0, "max_params", "an integer >= 0 (0: no limit)")
-        for flag in ("always_run", "interactive"):
+        for flag in ("always_run", "interactive", "new_study"):
             c.need(isinstance(getattr(self, flag), bool), flag, "true or false")
         return c.errors
 
@@ -258,3 +268,20 @@ def data_spec(p: Mapping[str, Any]) -> DataSpec:
 def train_settings(p: Mapping[str, Any]) -> dict[str, Any]:
     """The fixed training settings: every TrainConfig field the parameters hold."""
     return {k: p[k] for k in TRAIN_KEYS}
+
+
+def absolute_paths(p: Mapping[str, Any]) -> dict[str, Any]:
+    """`p` with every PATH_KEYS value made absolute (against the current folder); empty
+    values, built-in dataset names and URLs are left as they are."""
+    out = dict(p)
+    for key in PATH_KEYS:
+        value = out.get(key)
+        if not isinstance(value, str) or not value or "://" in value or (key == "dataset" and value in BUILTIN):
+            continue
+        out[key] = os.path.abspath(os.path.expanduser(value))
+    return out
+
+
+def fixed_training(p: Mapping[str, Any], searched: set[str] | frozenset[str] = frozenset()) -> dict[str, Any]:
+    """The training settings a study holds fixed (not searched), score-neutral ones left out."""
+    return {k: p[k] for k in TRAIN_KEYS if k not in searched and k not in SCORE_NEUTRAL_KEYS}

@@ -21,6 +21,7 @@ import papermill as pm
 
 from tunewise import params as P
 from tunewise.errors import ConfigError
+from tunewise.phases.source import LATER_PHASES, SOURCE_KEYS, inherit
 from tunewise.report.html import write_html
 from tunewise.atomic import write_text_atomic
 
@@ -50,21 +51,42 @@ def notebook_for(phase: str) -> Path:
     return path
 
 
-def phase_params(phase: str, file: str | Path | None, overrides: dict[str, Any]) -> dict[str, Any]:
-    """The phase's preset (params/PHASE.yaml) unless a file is given, then overrides;
-    every key and value checked before anything runs."""
-    if file is None and (PRESETS / f"{phase}.yaml").is_file():
-        file = PRESETS / f"{phase}.yaml"
-    return P.resolve(file, {**overrides, "phase": phase, "interactive": False})
+# What `tunewise run` and `pipeline` set themselves: never the user's word on data or settings.
+_RUN_KEYS = ("phase", "interactive", "run_dir", "storage", "study_name", "source_study")
+
+
+def phase_params(phase: str, file: str | Path | None, overrides: dict[str, Any],
+                 inherited: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The phase's parameters, layered: DEFAULTS, the phase's preset (params/PHASE.yaml),
+    ``inherited``, the user's params file, then ``overrides`` (--set); every key and value
+    checked before anything runs. A file never drops a preset's setting it does not name.
+
+    The later phases (focused, validate) take the data and fixed training settings the user
+    did not give from the study they build on (phases/source.py), and refuse a given one
+    that contradicts it unless ``new_study``; ``inherited`` does the same before that study
+    exists (the pipeline passes its quick phase's)."""
+    preset = PRESETS / f"{phase}.yaml"
+    user = P.read_params_file(file) if file is not None else {}
+    values = {**(P.read_params_file(preset) if preset.is_file() else {}), **(inherited or {}), **user, **overrides,
+              "phase": phase, "interactive": False}
+    p = P.resolve(None, values)
+    if phase in LATER_PHASES:
+        explicit = {*user, *overrides} - set(_RUN_KEYS)
+        p = inherit(p, phase, explicit)
+    return p
 
 
 def precheck(phase: str, p: dict[str, Any]) -> None:
-    """The checks that need no study: search space, sampler, pruner, stop rules, dataset,
-    model and workers, so bad input fails before a kernel starts (the notebook checks the rest)."""
+    """The checks that need no kernel: search space, sampler, pruner, stop rules, dataset,
+    model and workers, and whether the study may be resumed with these settings, so bad or
+    refused input fails before a kernel starts and writes nothing (the notebook checks the rest)."""
     if phase in ("quick", "focused", "validate"):
-        from tunewise.phases.tuning import check
+        from tunewise.phases.tuning import check, check_resume
 
-        check(p)
+        checked = check(p)
+        if phase == "quick":
+            # The focused study searches a space narrowed in its kernel: checked there.
+            check_resume(p, checked)
     if phase in ("quick", "focused") and p["workers"] > 1:
         from tunewise.study.workers import plan_workers
 
@@ -118,15 +140,28 @@ class StudyWatch:
             pass
 
 
+# A study that stopped for one of these did not do its job: the run failed.
+FAILED_STOPS = ("failure_guard", "setup error", "error")
+
+
 def run_phase(phase: str, p: dict[str, Any], *, log_output: bool = False, progress: bool = False) -> PhaseRun:
     """Execute the phase notebook with parameters `p` into p['run_dir']; with `progress`,
-    print the study's progress while it runs (quick and focused)."""
+    print the study's progress while it runs (quick and focused).
+
+    A failed run (a cell error, or a study stopped by the failure guard or a setup error)
+    never replaces the last good report: its notebook and page go beside it as
+    PHASE.failed.ipynb / PHASE.failed.html (as PHASE.ipynb / .html when there is no good one),
+    its summary as summary.failed.json, and summary.json is put back as it was."""
     notebook = notebook_for(phase)
     precheck(phase, p)
     out = Path(p["run_dir"])
     out.mkdir(parents=True, exist_ok=True)
     final = out / f"{phase}.ipynb"
+    failed_nb = out / f"{phase}.failed.ipynb"
     partial = out / f".{phase}.partial.ipynb"  # papermill rewrites its output as it goes
+    summary_path = out / "summary.json"
+    summary_before = summary_path.read_bytes() if summary_path.exists() else None
+    keep_previous = final.exists() and not _has_error(final)
     start = time.perf_counter()
     error = ""
     papermill_log = logging.getLogger("papermill")
@@ -145,16 +180,41 @@ def run_phase(phase: str, p: dict[str, Any], *, log_output: bool = False, progre
         error = _error_lines(exc)
     finally:
         papermill_log.setLevel(level)
-        if partial.exists():
-            os.replace(partial, final)
     wall = time.perf_counter() - start
-    html_path = write_html(final, out / f"{phase}.html") if final.exists() else None
-    summary_path = out / "summary.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.exists() and not error else None
+    summary_after = summary_path.read_bytes() if summary_path.exists() else None
+    summary = json.loads(summary_after) if summary_after is not None and summary_after != summary_before else None
+    if not error and summary and summary.get("stop_reason") in FAILED_STOPS:
+        message = (summary.get("stop_details") or {}).get("message", "")
+        error = f"study {summary.get('study_name')} stopped on {summary['stop_reason']}: {message}".strip()
+    written = (failed_nb if error and keep_previous else final)
+    if partial.exists():
+        os.replace(partial, written)
+    html_path = write_html(written, written.with_suffix(".html")) if written.exists() else None
+    if error:
+        if summary_after != summary_before:  # the failed run's summary goes beside the good one
+            if summary_after is not None:
+                write_text_atomic(out / "summary.failed.json", summary_after.decode())
+            if summary_before is None:
+                summary_path.unlink()
+            else:
+                write_text_atomic(summary_path, summary_before.decode())
+        summary = None
+    else:
+        for stale in (failed_nb, failed_nb.with_suffix(".html"), out / "summary.failed.json"):
+            stale.unlink(missing_ok=True)  # an earlier failure this run has put right
     if summary is not None:
         summary["notebook_wall_s"] = round(wall, 2)
         write_text_atomic(summary_path, json.dumps(summary, indent=2, default=str))
-    return PhaseRun(phase, not error, final, html_path, summary, wall, error, skipped=bool(summary and summary.get("skipped")))
+    return PhaseRun(phase, not error, written, html_path, summary, wall, error, skipped=bool(summary and summary.get("skipped")))
+
+
+def _has_error(notebook: Path) -> bool:
+    """Whether an executed notebook shows an error (a failed run's, not a good report)."""
+    try:
+        cells = json.loads(notebook.read_text()).get("cells", [])
+    except (OSError, ValueError):
+        return True
+    return any(o.get("output_type") == "error" for c in cells for o in c.get("outputs", []))
 
 
 def pipeline(file: str | Path | None, overrides: dict[str, Any], out: Path, *, progress: bool = False) -> list[PhaseRun]:
@@ -176,10 +236,12 @@ def pipeline(file: str | Path | None, overrides: dict[str, Any], out: Path, *, p
         "postmortem": {"studies": []},  # every study in the storage
     }
     runs: list[PhaseRun] = []
-    all_params = [
-        phase_params(ph, file, {**overrides, **per_phase[ph], "study_name": names[ph], "run_dir": str(out / ph), "storage": storage})
-        for ph in P.PHASES
-    ]
+    all_params: list[dict[str, Any]] = []
+    for ph in P.PHASES:
+        # The later phases build on the quick study, not yet there: take its data and settings.
+        inherited = {k: all_params[0][k] for k in SOURCE_KEYS} if ph in LATER_PHASES else None
+        all_params.append(phase_params(ph, file, {**overrides, **per_phase[ph], "study_name": names[ph],
+                                                  "run_dir": str(out / ph), "storage": storage}, inherited))
     for phase, p in zip(P.PHASES, all_params):
         precheck(phase, p)  # every phase's input checked before the first one runs
     for phase, p in zip(P.PHASES, all_params):
@@ -196,7 +258,7 @@ def write_index(out: Path, runs: list[PhaseRun]) -> Path:
     from tunewise.report.tables import html_table
 
     rows = [{
-        "phase": f'<a href="{r.phase}/{r.phase}.html">{r.phase}</a>' if r.html else html.escape(r.phase),
+        "phase": f'<a href="{r.phase}/{r.html.name}">{r.phase}</a>' if r.html else html.escape(r.phase),
         "status": "failed" if not r.ok else ("skipped search" if r.skipped else "done"),
         "result": str((r.summary or {}).get("headline", "")),
         "wall s": f"{r.wall_s:.1f}",

@@ -15,12 +15,12 @@ from typing import Any
 import optuna
 import plotly.io as pio
 from IPython.display import HTML, display
-from optuna.trial import TrialState
 
 from tunewise import params as P
 from tunewise import records
 from tunewise.phases import postmortem, tuning
 from tunewise.phases.advice import Situation, advise
+from tunewise.phases.source import check_matches, latest_complete, open_existing_storage
 from tunewise.atomic import write_json_atomic
 from tunewise.data.cache import describe
 from tunewise.errors import ConfigError, did_you_mean
@@ -197,6 +197,9 @@ def study_space(study: optuna.Study, p: dict[str, Any]) -> SearchSpace:
 def focus(p: dict[str, Any]) -> Focus:
     source = load_study(p, p["source_study"] or "quick")
     strategy_of(source).refuse_narrowing(source)
+    # Same data and settings as the quick study, or its baseline and best trials mean nothing
+    # here (`tunewise run` fills them in from its record; a cell edited by hand may not).
+    check_matches(p, "focused", source)
     v = should_continue_optimization(source, baseline_value(source), p["min_relative_gain"])
     go = v.go or p["always_run"]
     narrowed = None
@@ -232,15 +235,22 @@ def focused_search(p: dict[str, Any], f: Focus) -> dict[str, Any]:
         return summary
     space = f.narrowed.space.to_dict()
     if p["focus_mode"] == "resume":
+        # One study keeps one set of choices per categorical parameter (Optuna fails every
+        # trial otherwise): the narrowed ranges apply, the choices stay the source's.
+        old = study_space(f.source, p).to_dict()
+        space = {k: (old[k] if isinstance(v, dict) and v.get("type") == "categorical" and k in old else v)
+                 for k, v in space.items()}
         q = {**p, "study_name": f.source.study_name, "search_space": space, "force": True,
              "n_trials": finished_trials(f.source) + p["n_trials"]}
         f.source.set_user_attr(LINEAGE_KEY, {"from_study": f.source.study_name, "trials": f.narrowed.top_numbers, "mode": "resume"})
         summary = search(q)
     else:
-        q = {**p, "search_space": space, "baseline": False}
+        own_baseline = p["new_study"]
+        q = {**p, "search_space": space, "baseline": own_baseline}
         prep = tuning.prepare(q)
-        # Measured against the quick study's baseline, recorded so the post-mortem agrees.
-        base = records.inherit_baseline(prep.study, f.source)
+        # Measured against the quick study's baseline (recorded, so the post-mortem agrees),
+        # unless it is a study of its own (new_study: other data or settings) with its own.
+        base = None if own_baseline else records.inherit_baseline(prep.study, f.source)
         warm_start(prep.study, f.source.get_trials(deepcopy=False), f.narrowed.space, p["warm_start_n"],
                    prep.study.direction.name.lower(), source_name=f.source.study_name)
         summary = search(q, prep=prep, baseline=base)
@@ -259,19 +269,18 @@ def _studies(p: dict[str, Any]) -> list[optuna.Study]:
 
 def validation_source(p: dict[str, Any]) -> optuna.Study:
     """The study named by source_study, else the one whose last trial finished latest
-    (the focused study when it ran, the quick one when the gate skipped it)."""
+    (the focused study when it ran, the quick one when the gate skipped it); refused
+    when `p` holds other data or settings than it (epochs aside: validation retrains
+    with full epochs)."""
     if p["source_study"]:
-        return load_study(p, p["source_study"])
-
-    def last_complete(s: optuna.Study):
-        ends = [t.datetime_complete for t in s.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
-        return max(ends) if ends else None
-
-    candidates = [(last_complete(s), s) for s in _studies(p) if strategy_of(s).one_best_value]
-    candidates = [(end, s) for end, s in candidates if end is not None]
-    if not candidates:
-        raise ConfigError(f"source_study: no study with complete trials in {tuning.storage_label(p)}; run the quick phase first")
-    return max(candidates, key=lambda c: c[0])[1]
+        study = load_study(p, p["source_study"])
+    else:
+        storage = open_existing_storage(p)
+        study = latest_complete(storage) if storage is not None else None
+        if study is None:
+            raise ConfigError(f"source_study: no study with complete trials in {tuning.storage_label(p)}; run the quick phase first")
+    check_matches(p, "validate", study)
+    return study
 
 
 def validation_configs(study: optuna.Study, k: int) -> dict[str, dict[str, Any]]:
@@ -330,10 +339,13 @@ def record_validation(p: dict[str, Any], source: optuna.Study, v: Validation, co
     winner_name = "best" if comparison.verdict == "real gain" else "baseline"
     note = (f"From study {source.study_name}: {comparison.message.rstrip('.')}.\n"
             + ("Winner: best." if winner_name == "best" else "Winner: baseline, the defaults: the tuned settings did not beat them beyond noise."))
-    path = write_params_file(Path(p["run_dir"]) / p["params_out"], p, configs[winner_name], note)
+    # Absolute paths: the file works from any folder (built-in dataset names stay names).
+    where = P.absolute_paths(p)
+    path = write_params_file(Path(where["run_dir"]) / p["params_out"], where, configs[winner_name], note)
     means = v.means
     summary = {
-        "phase": p["phase"], "source_study": source.study_name, "seeds": v.seeds, "folds": v.folds,
+        "phase": p["phase"], "source_study": source.study_name, "dataset": where["dataset"], "image_dir": where["image_dir"],
+        "seeds": v.seeds, "folds": v.folds,
         "configs": configs, "table": v.table(), "comparison": comparison.to_dict(), "noise_std": noise,
         "winner": winner_name, "params_file": str(path), "wall_s": round(v.wall_s, 2),
         "headline": f"{comparison.verdict}: best {means['best']:.4f} vs baseline {means['baseline']:.4f} "

@@ -1,7 +1,8 @@
 """Run parameters at the edges: one flat set of names shared by params/*.yaml, `--set
 KEY=VALUE` and the notebooks' parameters cells.
 
-Resolution order: DEFAULTS, then the params file, then overrides. Unknown keys are
+Resolution order: DEFAULTS, then the params file, then overrides (`tunewise run` puts the
+phase's preset under the file: see execute.phase_params). Unknown keys are
 errors with the closest valid key suggested; every value is checked before any work.
 The names, defaults and checks live in config.py, which is what the library reads.
 """
@@ -13,11 +14,11 @@ from typing import Any
 
 import yaml
 
-from tunewise.config import DEFAULTS, PHASES, SEED_SPACE, check_keys, data_spec, replace, train_settings
+from tunewise.config import DEFAULTS, PHASES, SEED_SPACE, absolute_paths, check_keys, data_spec, replace, train_settings
 from tunewise.config import resolve as resolve_values
 from tunewise.errors import ConfigError
 
-__all__ = ["DEFAULTS", "PHASES", "SEED_SPACE", "check_keys", "data_spec", "parse_set", "read_params_file",
+__all__ = ["DEFAULTS", "PHASES", "SEED_SPACE", "absolute_paths", "check_keys", "data_spec", "parse_set", "read_params_file",
            "replace", "resolve", "train_settings"]
 
 

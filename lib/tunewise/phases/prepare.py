@@ -28,10 +28,12 @@ from tunewise.search.samplers import describe_pruner, describe_sampler, make_pru
 from tunewise.search.space import SearchSpace
 from tunewise.study.warmstart import warm_start_from
 from tunewise.study.budget import StudyClock
+from tunewise.errors import ConfigError
+from tunewise.study.identity import check_resume as check_study_resume
 from tunewise.study.identity import make_identity, record_params
 from tunewise.study.runner import RunResult, run_trials
-from tunewise.study.storage import JOURNAL_NAME, open_storage, redact
-from tunewise.study.strategy import METRIC, ObjectiveStrategy, SingleObjective, strategy_for
+from tunewise.study.storage import JOURNAL_NAME, load_if_exists, open_storage, redact
+from tunewise.study.strategy import METRIC, ObjectiveStrategy, SingleObjective, strategy_for, strategy_of
 from tunewise.train.hparams import TrainConfig
 from tunewise.train.objective import Objective
 
@@ -83,17 +85,14 @@ def prepare(p: dict[str, Any], checked: Checked | None = None, *, record: bool =
     c = checked or check(p)
     run_dir = Path(p["run_dir"])
     storage = open_storage(p["storage"], run_dir)  # last: nothing is written for refused input
-    model = "search" if "model" in c.space.distributions else c.objective.base.model
-    identity = make_identity(
-        phase=p["phase"], space_fingerprint=c.space.fingerprint(), data_fingerprint=c.data.fingerprint,
-        model=model, metric=METRIC,
-    )
+    identity = study_identity(p, c)
     strategy = c.strategy
     study = strategy.open_study(p["study_name"], storage, identity=identity, sampler=c.sampler, pruner=c.pruner,
-                                force=p["force"])
-    study.set_user_attr(SPACE_KEY, c.space.to_dict())
+                                force=p["force"], distributions=c.space.distributions)
+    if study.user_attrs.get(SPACE_KEY) != c.space.to_dict():
+        study.set_user_attr(SPACE_KEY, c.space.to_dict())
     if record:
-        record_params(study, p)  # what `tunewise worker` on another machine joins with
+        record_params(study, P.absolute_paths(p))  # what `tunewise worker` on another machine joins with
     with warnings.catch_warnings():  # experimental in Optuna 5, stable enough for a label
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         # Dashboards label the axis "macro_f1", not "Objective 0".
@@ -103,6 +102,43 @@ def prepare(p: dict[str, Any], checked: Checked | None = None, *, record: bool =
         # (duplicate trials): offset the seed by what the study already holds.
         study.sampler = make_sampler(p["sampler"], seed=p["seed"] + len(study.trials))
     return Prepared(p, c.space, c.data, c.objective, study, run_dir, strategy)
+
+
+def study_identity(p: dict[str, Any], c: Checked) -> dict[str, Any]:
+    """What makes this study's scores comparable: the data (fingerprint and settings), the
+    split, every fixed training setting, the space, the model and the metric."""
+    model = "search" if "model" in c.space.distributions else c.objective.base.model
+    searched = set(c.space.distributions) | set(c.space.fixed)
+    where = P.absolute_paths(p)
+    settings = {
+        **{k: p[k] for k in P.DATA_KEYS if k not in ("dataset", "image_dir")},
+        **{k: p[k] for k in P.SPLIT_KEYS},
+        **{k: v for k, v in P.fixed_training(p, searched).items() if k not in ("model", "pretrained_file")},
+    }
+    return make_identity(
+        phase=p["phase"], space_fingerprint=c.space.fingerprint(), data_fingerprint=c.data.fingerprint,
+        model=model, metric=METRIC, settings=settings, search_space=c.space.to_dict(),
+        location={k: where[k] for k in ("dataset", "image_dir", "pretrained_file")},
+    )
+
+
+def check_resume(p: dict[str, Any], c: Checked) -> None:
+    """Refuse, reading only, what `prepare` would refuse when it resumes the study: for a
+    caller that must write nothing (not even a notebook) when the run is refused."""
+    if p["storage"] is None and not os.environ.get("TUNEWISE_STORAGE") and not (Path(p["run_dir"]) / JOURNAL_NAME).is_file():
+        return  # no storage yet: a new study
+    try:
+        storage = open_storage(p["storage"], p["run_dir"], must_exist=True)
+    except ConfigError:
+        return  # a storage file not made yet: a new study
+    study = load_if_exists(storage, p["study_name"])
+    if study is None or strategy_of(study).one_best_value != c.strategy.one_best_value:
+        return  # a new study; or one of the other kind, which prepare refuses in its own words
+    identity = study_identity(p, c)
+    if not c.strategy.one_best_value:
+        identity = {**identity, "objectives": list(c.strategy.objectives)}
+    check_study_resume(study, identity, force=p["force"], directions=c.strategy.directions,
+                       distributions=c.space.distributions)
 
 
 def baseline_params(space: SearchSpace, fixed: dict[str, Any]) -> dict[str, Any]:
@@ -173,6 +209,7 @@ def summarize(prep: Prepared, result: RunResult, baseline: float | None = None) 
         "elapsed_s": round(result.elapsed_s, 2),
         "run_wall_s": round(result.run_wall_s, 2),
         "interrupted": result.interrupted,
+        "dataset": P.absolute_paths(p)["dataset"],  # what was searched, absolute (or a built-in name)
         "data": describe(prep.data),
         "sampler": describe_sampler(p["sampler"]),
         "pruner": describe_pruner(p["pruner"]),

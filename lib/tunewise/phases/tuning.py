@@ -15,12 +15,14 @@ from tunewise.phases.prepare import (  # noqa: F401  (re-exported: the phase's A
     Prepared,
     baseline_params,
     check,
+    check_resume,
     headline,
     load_images,
     prepare,
     run_here,
     start_new_study,
     storage_label,
+    study_identity,
     summarize,
 )
 from tunewise.phases.workers import run_workers

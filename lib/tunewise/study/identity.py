@@ -1,12 +1,16 @@
 """What a study is: its identity, and the parameters it was prepared with.
 
 - ``tunewise.identity`` (study user attr) records the phase, search-space and dataset
-  fingerprints, model, metric, direction and tunewise version. Resuming a study made for a
-  different setup is refused (its trials would not be comparable) unless forced; every
-  change is appended to ``tunewise.identity_history``.
+  fingerprints, the space itself, the fixed settings that change what a score means (data
+  settings, split, epochs and the other training settings not searched), where the data
+  lies, model, metric, direction and tunewise version. Resuming a study made for a different
+  setup is refused (its trials would not be comparable) unless forced, with each difference
+  by name and value, before anything is written; a categorical parameter's choices can
+  never change (Optuna would fail every later trial). Every accepted change is appended to
+  ``tunewise.identity_history``.
 - ``record_params`` keeps the run parameters a study was prepared with (``tunewise.params``,
-  the storage URL left out), so a worker on another machine can join the study knowing
-  only its name and storage.
+  the storage URL left out, paths absolute), so a worker on another machine can join the
+  study knowing only its name and storage.
 
 What a study has spent is in budget.py; crash recovery in recovery.py; every key in
 tunewise/records.py.
@@ -17,11 +21,13 @@ from __future__ import annotations
 import json
 import logging
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Mapping
 
 import optuna
+from optuna.distributions import BaseDistribution
 
 from tunewise import __version__
+from tunewise.data.sources import DataSpec
 from tunewise.errors import ConfigError, did_you_mean
 from tunewise.records import HISTORY_KEY, IDENTITY_KEY, PARAMS_KEY
 
@@ -30,7 +36,11 @@ from tunewise.records import HISTORY_KEY, IDENTITY_KEY, PARAMS_KEY
 UNRECORDED_PARAMS = ("storage",)
 
 # Resuming with any of these changed mixes incomparable trials: refused unless forced.
-GUARDED_FIELDS = ("space_fingerprint", "data_fingerprint", "model", "metric", "direction")
+GUARDED_FIELDS = ("space_fingerprint", "data_fingerprint", "model", "metric", "direction", "settings", "search_space")
+# Identity fields holding a mapping, compared key by key (see _flat).
+NESTED_FIELDS = ("settings", "search_space", "location")
+# The data settings among "settings" (what a data fingerprint change is explained by).
+DATA_SETTINGS = tuple(f for f in DataSpec.__dataclass_fields__ if f not in ("dataset", "image_dir"))
 DIRECTIONS = ("maximize", "minimize")
 
 _log = logging.getLogger(__name__)
@@ -44,9 +54,18 @@ def make_identity(
     model: str,
     metric: str,
     direction: str = "maximize",
+    settings: dict[str, Any] | None = None,
+    search_space: dict[str, Any] | None = None,
+    location: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The ``tunewise.identity`` dict for a study (open_study adds the tunewise version)."""
-    return {
+    """The ``tunewise.identity`` dict for a study (open_study adds the tunewise version).
+
+    ``settings``: every fixed value that changes what a score means (data settings, split,
+    epochs and the other training settings not searched); ``search_space``: the space itself
+    (its fingerprint alone cannot say what changed); ``location``: where the data lies
+    (absolute paths: shown when the data changed, never refused on its own, since the
+    same files may sit elsewhere on another machine)."""
+    identity = {
         "phase": phase,
         "space_fingerprint": space_fingerprint,
         "data_fingerprint": data_fingerprint,
@@ -55,6 +74,10 @@ def make_identity(
         "direction": direction,
         "tunewise_version": __version__,
     }
+    for key, value in (("settings", settings), ("search_space", search_space), ("location", location)):
+        if value is not None:
+            identity[key] = dict(value)
+    return identity
 
 
 def open_study(
@@ -67,12 +90,16 @@ def open_study(
     sampler: optuna.samplers.BaseSampler | None = None,
     pruner: optuna.pruners.BasePruner | None = None,
     force: bool = False,
+    distributions: Mapping[str, BaseDistribution] | None = None,
 ) -> optuna.Study:
     """Create study ``name`` or resume it, refusing (ConfigError) a resume for another setup.
 
     ``directions`` (one per objective) makes a multi-objective study instead of ``direction``.
-    A change of phase or tunewise version is recorded, never refused. A change of a
-    GUARDED_FIELDS value is refused unless ``force``; the stored directions can never change.
+    A change of phase, tunewise version or data location is recorded, never refused. A change
+    of a GUARDED_FIELDS value is refused unless ``force``; the stored directions, and the
+    choices of a categorical parameter the study's trials already used (``distributions``:
+    the space about to be searched), can never change. An existing study is checked before
+    anything is written to it, so a refused resume leaves the storage as it was.
     """
     if not name:
         raise ConfigError("study name is empty: give each study a name so it can be resumed")
@@ -83,22 +110,81 @@ def open_study(
                 f"direction {d!r} is not allowed{did_you_mean(d, DIRECTIONS)}; use one of {', '.join(DIRECTIONS)}"
             )
     new = _as_stored({**identity, "direction": ",".join(wanted), "tunewise_version": __version__})
-    study = optuna.create_study(
-        study_name=name,
-        storage=storage,
-        directions=wanted,
-        sampler=sampler,
-        pruner=pruner,
-        load_if_exists=True,
-    )
+    if name in optuna.get_all_study_names(storage):
+        # Read first: creating with load_if_exists would append to a journal even when refused.
+        study = optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
+        check_resume(study, new, force=force, directions=wanted, distributions=distributions)
+    else:
+        study = optuna.create_study(
+            study_name=name,
+            storage=storage,
+            directions=wanted,
+            sampler=sampler,
+            pruner=pruner,
+            load_if_exists=True,  # another worker may have created it a moment ago
+        )
+        check_resume(study, new, force=force, directions=wanted, distributions=distributions)
+    _record_identity(study, new)
+    return study
+
+
+def check_resume(
+    study: optuna.Study,
+    new: dict[str, Any],
+    *,
+    force: bool = False,
+    directions: list[str] | None = None,
+    distributions: Mapping[str, BaseDistribution] | None = None,
+) -> None:
+    """Refuse (ConfigError) resuming ``study`` with identity ``new``; reads, never writes.
+
+    The same checks open_study makes, for a caller that wants them before it writes
+    anything at all (``tunewise run`` checks here before a kernel starts)."""
+    new = _as_stored(new)
     stored = [d.name.lower() for d in study.directions]
+    wanted = directions or new.get("direction", "maximize").split(",")
     if stored != wanted:
         raise ConfigError(
-            f"study {name!r} was created to {', '.join(stored)} and cannot be resumed to "
+            f"study {study.study_name!r} was created to {', '.join(stored)} and cannot be resumed to "
             f"{', '.join(wanted)}: Optuna cannot change a study's direction; use a new study name"
         )
-    _check_identity(study, new, force)
-    return study
+    if distributions:
+        _check_distributions(study, distributions)
+    conflicts = _conflicts(study.user_attrs.get(IDENTITY_KEY), new)
+    if conflicts and not force:
+        raise ConfigError(_conflict_message(study.study_name, conflicts))
+
+
+def _check_distributions(study: optuna.Study, distributions: Mapping[str, BaseDistribution]) -> None:
+    """A parameter's kind, log scale and categorical choices are fixed once a trial used them
+    (Optuna fails every later trial otherwise): refused, force or not."""
+    used: dict[str, BaseDistribution] = {}
+    for t in study.get_trials(deepcopy=False):
+        for param, dist in t.distributions.items():
+            used.setdefault(param, dist)
+    problems = []
+    for param, dist in distributions.items():
+        if param not in used:
+            continue
+        try:
+            optuna.distributions.check_distribution_compatibility(used[param], dist)
+        except ValueError:
+            problems.append(f"  {param}: {_describe_distribution(used[param])} -> {_describe_distribution(dist)}")
+    if problems:
+        raise ConfigError(
+            f"study {study.study_name!r} cannot search these parameters as given, even with force: its trials "
+            "already used them with another kind, scale or set of choices, and Optuna would fail every new "
+            "trial (\"CategoricalDistribution does not support dynamic value space\"):\n" + "\n".join(problems)
+            + f"\nKeep the old definition, or start a new study from this one's best trials: "
+            f"--set study_name={study.study_name}-2 --set 'warm_start_from=[{study.study_name}]'"
+        )
+
+
+def _describe_distribution(dist: BaseDistribution) -> str:
+    if isinstance(dist, optuna.distributions.CategoricalDistribution):
+        return f"choices {list(dist.choices)}"
+    kind = "int" if isinstance(dist, optuna.distributions.IntDistribution) else "float"
+    return f"{kind} {dist.low:g}..{dist.high:g}" + (" log" if getattr(dist, "log", False) else "")
 
 
 def _as_stored(identity: dict[str, Any]) -> dict[str, Any]:
@@ -106,18 +192,45 @@ def _as_stored(identity: dict[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps(identity))
 
 
-def _check_identity(study: optuna.Study, new: dict[str, Any], force: bool) -> None:
+_MISSING = "(not set)"
+
+
+def _flat(identity: dict[str, Any] | None) -> dict[str, Any]:
+    """One level: {"settings": {"epochs": 1}} -> {"settings.epochs": 1}, so a setting an
+    older study never recorded is told apart from one that changed."""
+    out: dict[str, Any] = {}
+    for key, value in (identity or {}).items():
+        if key in NESTED_FIELDS and isinstance(value, dict):
+            out.update({f"{key}.{sub}": v for sub, v in value.items()})
+        else:
+            out[key] = value
+    return out
+
+
+def _changes(old: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, list[Any]]:
+    before, after = _flat(old), _flat(new)
+    return {k: [before.get(k, _MISSING), after.get(k, _MISSING)]
+            for k in {*before, *after} if before.get(k, _MISSING) != after.get(k, _MISSING)}
+
+
+def _conflicts(old: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, list[Any]]:
+    if old is None:
+        return {}
+    recorded = _flat(old)
+    # A field an older study never recorded cannot conflict: it is only recorded.
+    return {k: v for k, v in _changes(old, new).items()
+            if k.split(".", 1)[0] in GUARDED_FIELDS and k in recorded}
+
+
+def _record_identity(study: optuna.Study, new: dict[str, Any]) -> None:
     old = study.user_attrs.get(IDENTITY_KEY)
     if old == new:
         return
     if old is None:
         study.set_user_attr(IDENTITY_KEY, new)
         return
-    changed = {k: [old.get(k), new.get(k)] for k in {*old, *new} if old.get(k) != new.get(k)}
-    # A field an older study never recorded cannot conflict: it is only recorded.
-    conflicts = {k: v for k, v in changed.items() if k in GUARDED_FIELDS and k in old}
-    if conflicts and not force:
-        raise ConfigError(_conflict_message(study.study_name, conflicts))
+    changed = _changes(old, new)
+    conflicts = _conflicts(old, new)  # here only when forced: check_resume refused them otherwise
     entry = {
         "at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "forced": bool(conflicts),
@@ -127,19 +240,47 @@ def _check_identity(study: optuna.Study, new: dict[str, Any], force: bool) -> No
     study.set_user_attr(HISTORY_KEY, [*study.user_attrs.get(HISTORY_KEY, []), entry])
     study.set_user_attr(IDENTITY_KEY, new)
     if conflicts:
-        _log.warning("study %r resumed with force: %s", study.study_name, _diff_lines(conflicts))
+        _log.warning("study %r resumed with force: %s", study.study_name, _diff_lines(conflicts, changed))
 
 
-def _conflict_message(name: str, conflicts: dict[str, list[Any]]) -> str:
+def _conflict_message(name: str, conflicts: dict[str, list[Any]], changed: dict[str, list[Any]] | None = None) -> str:
     return (
         f"study {name!r} was made for a different setup, so its trials are not comparable "
-        f"with this run:\n{_diff_lines(conflicts)}\n"
-        "To resume it anyway pass force=True (CLI: --force); to keep both, use a new study name."
+        f"with this run:\n{_diff_lines(conflicts, changed)}\n"
+        "To resume it anyway: --set force=true (the CLI has no --force flag; from Python force=True, "
+        "in a params file force: true); to keep both, use a new study name (--set study_name=NAME)."
     )
 
 
-def _diff_lines(changes: dict[str, list[Any]]) -> str:
-    return "\n".join(f"  {k}: {old!r} -> {new!r}" for k, (old, new) in sorted(changes.items()))
+def _diff_lines(conflicts: dict[str, list[Any]], changed: dict[str, list[Any]] | None = None) -> str:
+    """By name and value; a fingerprint only where no value says what changed (the same
+    dataset setting with other files in it, or a study that recorded no space)."""
+    shown = dict(conflicts)
+    if any(k.startswith("search_space.") for k in shown):
+        shown.pop("space_fingerprint", None)
+    if "data_fingerprint" in shown:
+        # Where the data lies is never refused on its own, but it explains the new fingerprint.
+        shown.update({k: v for k, v in (changed or {}).items() if k.startswith("location.")})
+        if any(k.startswith("location.") or k.split(".", 1)[-1] in DATA_SETTINGS for k in shown if "." in k):
+            shown.pop("data_fingerprint")
+        else:
+            old, new = shown.pop("data_fingerprint")
+            shown["data_fingerprint"] = [old, f"{new} (same data settings: the files themselves changed)"]
+    return "\n".join(f"  {_label(k)}: {_value(old)} -> {_value(new)}" for k, (old, new) in sorted(shown.items(), key=_order))
+
+
+def _label(key: str) -> str:
+    # settings and location hold parameters by their own names (what --set takes)
+    return key.split(".", 1)[1] if key.startswith(("settings.", "location.")) else key
+
+
+def _value(value: Any) -> str:
+    return value if value == _MISSING else repr(value)
+
+
+def _order(item: tuple[str, Any]) -> tuple[int, str]:
+    key = item[0]
+    return ({"location": 0, "settings": 1, "search_space": 2}.get(key.split(".", 1)[0], 3) if "." in key else 3, key)
 
 
 def record_params(study: optuna.Study, p: dict[str, Any]) -> None:
