@@ -29,3 +29,19 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
 
 def write_json_atomic(path: str | Path, payload: Any) -> Path:
     return write_text_atomic(path, json.dumps(payload, indent=2, default=str))
+
+
+SUMMARY_LATEST = "summary.json"
+
+
+def summary_name(phase: str) -> str:
+    """Each phase's own summary in a run folder (quick, focused, ... side by side)."""
+    return f"summary-{phase}.json"
+
+
+def write_summary_files(run_dir: str | Path, phase: str, summary: Any) -> Path:
+    """``summary-PHASE.json``, kept when another phase runs into the same folder, and
+    ``summary.json``, the latest phase's (what scripts that read one file find)."""
+    path = write_json_atomic(Path(run_dir) / summary_name(phase), summary)
+    write_json_atomic(Path(run_dir) / SUMMARY_LATEST, summary)
+    return path

@@ -10,6 +10,8 @@ import html
 import json
 import logging
 import os
+import shutil
+import tempfile
 import threading
 import time
 from contextlib import nullcontext
@@ -21,8 +23,9 @@ import papermill as pm
 
 from tunewise import params as P
 from tunewise.errors import ConfigError
-from tunewise.report.html import write_html
-from tunewise.atomic import write_text_atomic
+from tunewise.report.html import label_defaults, write_html
+from tunewise.atomic import summary_name, write_summary_files, write_text_atomic
+from tunewise.study.storage import for_kernel
 
 NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
 PRESETS = Path(__file__).resolve().parents[2] / "params"
@@ -120,6 +123,34 @@ class StudyWatch:
             pass
 
 
+def kernel_manager_class(env: dict[str, str], ipc_dir: str | None):
+    """The kernel manager papermill's client builds: the kernel gets ``env`` on top of this
+    process's environment (a storage URL with its password travels there, never in the
+    notebook), and talks over IPC, Unix sockets in the private folder ``ipc_dir``, instead
+    of local TCP ports any user of the machine could reach (which is why ipykernel warns
+    "Kernel is running over TCP without encryption"). ``ipc_dir`` None: TCP."""
+    from jupyter_client.manager import AsyncKernelManager
+
+    class TunewiseKernelManager(AsyncKernelManager):
+        def __init__(self, **kwargs):
+            if ipc_dir is not None:
+                kwargs.update(transport="ipc", ip=str(Path(ipc_dir) / "kernel"))
+            super().__init__(**kwargs)
+
+        async def _async_pre_start_kernel(self, **kwargs):
+            kwargs["env"] = {**kwargs.get("env", os.environ), **env}
+            return await super()._async_pre_start_kernel(**kwargs)
+
+    return TunewiseKernelManager
+
+
+def ipc_available() -> bool:
+    """ZeroMQ's ipc transport needs Unix domain sockets (not on Windows)."""
+    import zmq
+
+    return os.name == "posix" and bool(zmq.has("ipc"))
+
+
 def run_phase(phase: str, p: dict[str, Any], *, log_output: bool = False, progress: bool = False) -> PhaseRun:
     """Execute the phase notebook with parameters `p` into p['run_dir']; with `progress`,
     print the study's progress while it runs (quick and focused)."""
@@ -137,25 +168,34 @@ def run_phase(phase: str, p: dict[str, Any], *, log_output: bool = False, progre
     # "unknown parameter" warnings would only be noise.
     papermill_log.setLevel(logging.ERROR)
     watch = StudyWatch(phase, p) if progress and phase in ("quick", "focused") else nullcontext()
+    # papermill writes every parameter into the notebook (a cell and its metadata): a
+    # storage password goes to the kernel's environment, the notebook names the variable.
+    storage, kernel_env = for_kernel(p["storage"])
+    injected = P.replace(p, storage=storage)
+    ipc_dir = tempfile.mkdtemp(prefix="tw-kernel-") if ipc_available() else None
     try:
         with watch:
             pm.execute_notebook(
-                str(notebook), str(partial), parameters=p, cwd=os.getcwd(), kernel_name="python3",
+                str(notebook), str(partial), parameters=injected, cwd=os.getcwd(), kernel_name="python3",
                 progress_bar=False, log_output=log_output, request_save_on_cell_execute=False,
+                kernel_manager_class=kernel_manager_class(kernel_env, ipc_dir),
             )
     except pm.PapermillExecutionError as exc:
         error = _error_lines(exc)
     finally:
         papermill_log.setLevel(level)
+        if ipc_dir is not None:
+            shutil.rmtree(ipc_dir, ignore_errors=True)
         if partial.exists():
+            label_defaults(partial)
             os.replace(partial, final)
     wall = time.perf_counter() - start
     html_path = write_html(final, out / f"{phase}.html") if final.exists() else None
-    summary_path = out / "summary.json"
+    summary_path = out / summary_name(phase)
     summary = json.loads(summary_path.read_text()) if summary_path.exists() and not error else None
     if summary is not None:
         summary["notebook_wall_s"] = round(wall, 2)
-        write_text_atomic(summary_path, json.dumps(summary, indent=2, default=str))
+        write_summary_files(out, phase, summary)
     return PhaseRun(phase, not error, final, html_path, summary, wall, error, skipped=bool(summary and summary.get("skipped")))
 
 

@@ -21,7 +21,8 @@ from tunewise import params as P
 from tunewise.study import objectives as MO
 from tunewise.phases import postmortem, tuning
 from tunewise.phases.advice import Situation, advise
-from tunewise.atomic import write_json_atomic
+from tunewise.atomic import write_summary_files
+from tunewise.report import inputs
 from tunewise.data.cache import describe
 from tunewise.errors import ConfigError, did_you_mean
 from tunewise.search.narrow import LINEAGE_ATTR, Narrowed, best_complete, narrow_space, warm_start
@@ -60,10 +61,25 @@ def _fmt(v: Any) -> str:
 
 
 def show_params(p: dict[str, Any], keys: list[str] | None = None) -> HTML:
-    keys = keys or ["phase", "study_name", "dataset", "img_size", "model", "epochs", "n_trials", "timeout",
-                    "sampler", "pruner", "storage", "run_dir", "device"]
-    shown = {**p, "storage": tuning.storage_label(p)}
-    return table([{"parameter": k, "value": shown[k]} for k in keys], "Parameters")
+    """Every value this run uses, in one table (report/inputs.py), marked where it differs
+    from the notebook's committed defaults, and the studies a later phase builds on.
+    ``keys`` is accepted for older notebooks: the table always shows the phase's inputs."""
+    return HTML(inputs.render(p, studies=_built_on(p)))
+
+
+def _built_on(p: dict[str, Any]) -> list[optuna.Study]:
+    """The studies this phase reads; [] where they are not there yet (the cell that needs
+    them says so with its own message)."""
+    try:
+        if p["phase"] == "focused":
+            return [load_study(p, p["source_study"] or "quick")]
+        if p["phase"] == "validate":
+            return [validation_source(p)]
+        if p["phase"] == "postmortem":
+            return _all_postmortem_studies(p)
+    except (ConfigError, KeyError, OSError):
+        pass
+    return []
 
 
 def situation(p: dict[str, Any], **known) -> Situation:
@@ -174,9 +190,9 @@ def final_charts(study: optuna.Study) -> None:
 
 
 def write_summary(p: dict[str, Any], summary: dict[str, Any]) -> Path:
-    path = Path(p["run_dir"]) / "summary.json"
-    write_json_atomic(path, summary)
-    return path
+    """summary-PHASE.json (and summary.json, the latest phase's), with the values the run
+    used (storage redacted), so a script reading a run folder can tell what produced it."""
+    return write_summary_files(p["run_dir"], p["phase"], {**summary, "inputs": inputs.summary_inputs(p)})
 
 
 # ---- focused phase ----------------------------------------------------------------------

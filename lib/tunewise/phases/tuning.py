@@ -8,7 +8,6 @@ with the default settings as the baseline trial 0, and writes `summary.json`.
 
 from __future__ import annotations
 
-import os
 import warnings
 
 from dataclasses import dataclass
@@ -23,14 +22,14 @@ from tunewise import config as P
 from tunewise.data.cache import ImageData, describe, load_images
 from tunewise.train.hparams import TrainConfig
 from tunewise.study import objectives as MO
-from tunewise.atomic import write_json_atomic
+from tunewise.atomic import write_summary_files
 from tunewise.train.objective import Objective
 from tunewise.search.warmstart import warm_start_from
 from tunewise.study.runner import RunResult, run_trials
 from tunewise.search.samplers import describe_pruner, describe_sampler, make_pruner, make_sampler
 from tunewise.search.space import SearchSpace
 from tunewise.study.stoprules import build_stop_rules
-from tunewise.study.storage import open_storage, redact
+from tunewise.study.storage import label, open_storage
 from tunewise.study.identity import SPACE_ATTR, StudyClock, make_identity, open_study, record_params
 
 BASELINE_ATTR = "tunewise.baseline"
@@ -161,7 +160,7 @@ def tune(
         show_progress_bar=show_progress_bar,
     )
     summary = summarize(prep, result, baseline)
-    write_json_atomic(prep.run_dir / "summary.json", summary)
+    write_summary_files(prep.run_dir, p["phase"], summary)
     return summary
 
 
@@ -221,8 +220,7 @@ def headline(best: float | None, base: float | None, n_finished: int, elapsed_s:
 
 def storage_label(p: dict[str, Any]) -> str:
     """Where the study lives, safe to show (passwords masked)."""
-    url = p["storage"] or os.environ.get("TUNEWISE_STORAGE")
-    return redact(url) if url else str(Path(p["run_dir"]) / "study.journal")
+    return label(p["storage"], p["run_dir"])
 
 
 

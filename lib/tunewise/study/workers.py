@@ -40,11 +40,11 @@ from optuna.distributions import check_distribution_compatibility
 from optuna.trial import FrozenTrial, TrialState
 
 from tunewise import params as P
-from tunewise.atomic import write_json_atomic
+from tunewise.atomic import write_json_atomic, write_summary_files
 from tunewise.errors import ConfigError, TunewiseError
 from tunewise.study.runner import INTERRUPTED, STOP_DETAILS_KEY, STOP_REASON_KEY, RunResult, best_trial, study_result
 from tunewise.search.samplers import describe_sampler, make_sampler
-from tunewise.study.storage import ENV_VAR, JOURNAL_NAME, StorageLost, location, open_storage
+from tunewise.study.storage import ENV_VAR, JOURNAL_NAME, StorageLost, expand_env, location, open_storage
 from tunewise.study.identity import (
     ELAPSED_KEY,
     FINISHED_STATES,
@@ -207,7 +207,7 @@ def run_workers(
                            ran=sum(d["trials_run"] for d in described))
     summary = tuning.summarize(prep, result, baseline)
     summary["workers"] = described
-    write_json_atomic(prep.run_dir / "summary.json", summary)
+    write_summary_files(prep.run_dir, p["phase"], summary)
     return summary
 
 
@@ -219,7 +219,8 @@ def _spawn(p: dict[str, Any], study_name: str, plan: WorkerPlan, log_dir: Path) 
     overrides = {"run_dir": run_dir, "workers": 1}
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     # The storage travels in the environment, not on the command line others can read.
-    env[ENV_VAR] = p["storage"] or os.environ.get(ENV_VAR) or str(Path(run_dir) / JOURNAL_NAME)
+    # Expanded here: the notebook's storage may be the reference ${TUNEWISE_STORAGE} itself.
+    env[ENV_VAR] = expand_env(p["storage"] or os.environ.get(ENV_VAR) or str(Path(run_dir) / JOURNAL_NAME))
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[2]),
                                                       os.environ.get("PYTHONPATH")]))
     env.update({name: str(plan.threads) for name in THREAD_ENV_VARS})
