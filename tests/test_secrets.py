@@ -72,3 +72,26 @@ def test_no_password_in_any_file_of_the_run_folder(postgres, tmp_path, monkeypat
     assert validate_summary["phase"] == "validate" and validate_summary["source_study"] == "quick"
     assert json.loads((out / "summary.json").read_text())["phase"] == "validate"
     assert quick_summary["inputs"]["study"]["storage"] == f"postgresql://postgres:***@{host}/{database}"
+
+
+def _headless_failing_run(tmp_path, capfd) -> str:
+    """A real headless run that starts a kernel and stops at its first study lookup."""
+    assert main(["run", "validate", "--set", "source_study=nope", "--out", str(tmp_path / "run")]) == 1
+    printed = capfd.readouterr()
+    return printed.out + printed.err
+
+
+def test_headless_kernels_run_over_ipc_without_the_tcp_warning(tmp_path, capfd):
+    from tunewise.execute import ipc_available, kernel_manager_class
+
+    assert ipc_available()  # Linux: Unix sockets
+    assert kernel_manager_class({}, str(tmp_path))(kernel_name="python3").transport == "ipc"
+    text = _headless_failing_run(tmp_path, capfd)
+    assert "ConfigError: study 'nope'" in text  # the kernel ran the notebook...
+    assert "without encryption" not in text  # ...over IPC, so ipykernel had nothing to warn about
+
+
+def test_over_tcp_the_warning_is_there(tmp_path, capfd, monkeypatch):
+    """The check above means something: the same run over TCP prints ipykernel's warning."""
+    monkeypatch.setattr("tunewise.execute.ipc_available", lambda: False)
+    assert "Kernel is running over TCP without encryption" in _headless_failing_run(tmp_path, capfd)
