@@ -24,7 +24,7 @@ import papermill as pm
 from tunewise import params as P
 from tunewise.errors import ConfigError
 from tunewise.report.html import label_defaults, write_html
-from tunewise.atomic import summary_name, write_summary_files, write_text_atomic
+from tunewise.atomic import disk_full_error, is_disk_full, summary_name, write_summary_files, write_text_atomic
 from tunewise.study.storage import for_kernel
 
 NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
@@ -182,6 +182,11 @@ def run_phase(phase: str, p: dict[str, Any], *, log_output: bool = False, progre
             )
     except pm.PapermillExecutionError as exc:
         error = _error_lines(exc)
+    except OSError as exc:
+        if not is_disk_full(exc):
+            raise
+        partial.unlink(missing_ok=True)  # papermill may have left half a notebook there
+        raise disk_full_error(final, exc) from None
     finally:
         papermill_log.setLevel(level)
         if ipc_dir is not None:

@@ -81,4 +81,4 @@ def label_defaults(notebook_path: str | Path) -> None:
     for cell in nb.cells:
         if "parameters" in cell.get("metadata", {}).get("tags", []) and not cell.source.startswith(DEFAULTS_NOTE):
             cell.source = DEFAULTS_NOTE + cell.source
-    nbformat.write(nb, str(notebook_path))
+    write_text_atomic(Path(notebook_path), nbformat.writes(nb))

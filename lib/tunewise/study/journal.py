@@ -23,7 +23,6 @@ What tunewise adds:
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import os
@@ -37,6 +36,7 @@ from typing import Any
 from optuna.storages.journal import JournalFileBackend
 from optuna.storages.journal._file import get_lock_file
 
+from tunewise.atomic import is_disk_full
 from tunewise.errors import SetupError
 
 _log = logging.getLogger(__name__)
@@ -137,23 +137,28 @@ class GuardedJournalBackend(JournalFileBackend):
         data = ("\n".join(json.dumps(log, separators=(",", ":")) for log in logs) + "\n").encode("utf-8")
         with get_lock_file(self._lock):
             cut_torn_tail(self._file_path)
-            with open(self._file_path, "ab") as fh:
-                start = fh.seek(0, os.SEEK_END)
+            # Unbuffered: a buffered file would write what is left of a failed write again
+            # when it closes, after the cut below.
+            fd = os.open(self._file_path, os.O_WRONLY | os.O_APPEND)
+            start = os.fstat(fd).st_size
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+                os.fsync(fd)
+            except OSError as exc:
+                # Whatever part got written goes: the file ends where this append began.
                 try:
-                    fh.write(data)
-                    fh.flush()
-                    os.fsync(fh.fileno())
-                except OSError as exc:
-                    # Whatever part got written goes: the file ends where this append began.
-                    try:
-                        os.truncate(self._file_path, start)
-                    except OSError:
-                        pass
-                    raise journal_error(self._file_path, exc) from None
+                    os.ftruncate(fd, start)
+                except OSError:
+                    pass
+                raise journal_error(self._file_path, exc) from None
+            finally:
+                os.close(fd)
 
 
 def journal_error(path: str | Path, exc: OSError) -> SetupError:
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+    if is_disk_full(exc):
         return SetupError(f"journal {path}: the disk is full ({exc.strerror}): the record was not written and the "
                           "file is as it was before it. Free some space and run the same command again to resume")
     return SetupError(f"journal {path}: cannot write ({exc.strerror or exc}); the file is as it was before this record")
