@@ -98,3 +98,28 @@ def test_processes_appending_at_once_never_tear_a_record(tmp_path):
     lines = journal.read_bytes().split(b"\n")
     assert lines[-1] == b"" and all(json.loads(line) for line in lines[:-1])
     assert _finished(journal) == 60
+
+
+def test_a_worker_killed_while_holding_the_append_lock_does_not_stall_the_others(tmp_path):
+    """Optuna's symlink lock would stay behind and make everyone wait its 30 s grace period."""
+    import time
+
+    from tunewise.study.journal import journal_lock
+
+    journal = tmp_path / "study.journal"
+    journal.touch()
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import time
+        from tunewise.study.journal import journal_lock
+        journal_lock({str(journal)!r}).acquire()
+        print("held", flush=True)
+        time.sleep(60)
+    """)], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    holder.kill()
+    holder.wait()
+    start = time.monotonic()
+    lock = journal_lock(journal)
+    lock.acquire()
+    lock.release()
+    assert time.monotonic() - start < 1.0

@@ -1,7 +1,7 @@
 """Optuna's journal file, kept readable through crashes and full disks.
 
 How Optuna writes it (``optuna/storages/journal/_file.py``): ``append_logs`` takes a lock
-(``JournalFileSymlinkLock``: a symlink only one process can create), opens the file for
+(by default ``JournalFileSymlinkLock``: a symlink only one process can create), opens the file for
 appending (O_APPEND), writes all the call's records, each a JSON line ending in a newline,
 in one write, then flushes and fsyncs. Workers therefore never interleave records: the
 lock serialises appends, and O_APPEND puts each write at the true end of the file. A record
@@ -11,6 +11,11 @@ right after the fragment: the two make one unreadable line in the middle of the 
 from then on every read fails with a JSONDecodeError.
 
 What tunewise adds:
+- ``FlockJournalLock``: the append lock as an flock(), which the kernel drops when a worker
+  dies; Optuna's symlink lock stays behind a SIGKILLed worker and stalls every other one
+  for its 30 s grace period. (A plain-Optuna process writing the same file at once would
+  not see this lock; tunewise's own processes all use it, and O_APPEND still keeps whole
+  writes apart.)
 - ``GuardedJournalBackend``: before each append, under Optuna's same lock, a file that does
   not end in a newline has a torn tail: it is cut off (after a backup copy, with a warning)
   so the new records start a line of their own. An append that fails (a full disk) is cut
@@ -33,8 +38,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from optuna.storages.journal import JournalFileBackend
-from optuna.storages.journal._file import get_lock_file
+from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock
+from optuna.storages.journal._file import BaseJournalFileLock, get_lock_file
 
 from tunewise.atomic import is_disk_full
 from tunewise.errors import SetupError
@@ -125,12 +130,49 @@ def check(path: str | Path, lock) -> list[str]:
     return warnings
 
 
+class FlockJournalLock(BaseJournalFileLock):
+    """The journal's append lock as an flock() on ``PATH.flock``: the kernel releases it when
+    its holder dies. Optuna's default symlink lock outlives a worker SIGKILLed mid-append,
+    and every other worker then waits its 30 s grace period before breaking it (measured
+    by benchmarks/faults.py). A new descriptor per acquire: threads exclude each other too."""
+
+    def __init__(self, journal_path: str) -> None:
+        self._path = journal_path + ".flock"
+        self._fd: int | None = None
+
+    def acquire(self) -> bool:
+        import fcntl
+
+        fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd = fd
+        return True
+
+    def release(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)  # closing the only descriptor releases the flock
+
+
+def journal_lock(path: str | Path) -> BaseJournalFileLock:
+    """flock where the platform has it (POSIX), else Optuna's symlink lock."""
+    try:
+        import fcntl  # noqa: F401
+    except ImportError:
+        return JournalFileSymlinkLock(str(path))
+    return FlockJournalLock(str(path))
+
+
 class GuardedJournalBackend(JournalFileBackend):
     """Optuna's journal file backend, whose appends never glue onto a torn tail and never
-    leave one behind (see the module's docstring)."""
+    leave one behind (see the module's docstring), under a lock a killed worker cannot keep."""
 
     def __init__(self, file_path: str, lock_obj=None) -> None:
-        super().__init__(file_path, lock_obj)
+        super().__init__(file_path, lock_obj or journal_lock(file_path))
         self.warnings = check(file_path, self._lock)
 
     def append_logs(self, logs: list[dict[str, Any]]) -> None:
@@ -208,7 +250,6 @@ def repair(path: str | Path) -> Repair:
     meanwhile. The new journal is read back through Optuna before this returns."""
     import optuna
     from optuna.storages import JournalStorage
-    from optuna.storages.journal import JournalFileSymlinkLock
     from optuna.trial import TrialState
 
     path = Path(path)
@@ -217,7 +258,7 @@ def repair(path: str | Path) -> Repair:
     original = path.with_name(f"{path.name}.broken-{_stamp()}")
     result = Repair(path, original)
     tmp = path.with_name(f".{path.name}.repair")
-    with get_lock_file(JournalFileSymlinkLock(str(path))):
+    with get_lock_file(journal_lock(path)):
         with open(path, "rb") as src, open(tmp, "wb") as dst:
             for number, line in enumerate(src, start=1):
                 records, fragment = _records(line)
