@@ -64,3 +64,15 @@ def test_committed_defaults_are_read_from_the_notebook():
     p = P.resolve(None, {"phase": "postmortem", "storage": "postgresql://u:secret@h/db"})
     inputs = summary_inputs(p)
     assert inputs["study"]["storage"] == "postgresql://u:***@h/db" and "data" not in inputs
+
+
+def test_a_notebook_run_in_jupyterlab_knows_its_phase():
+    """Nothing injects `phase` there: the notebook's own parameters tell it, so its summary
+    (summary-PHASE.json) and inputs table are named for the right phase."""
+    import tunewise.notebook as tw
+
+    assert tw.resolve({"focus_mode": "warm_start"})["phase"] == "focused"
+    assert tw.resolve({"params_out": "final.yaml"})["phase"] == "validate"
+    assert tw.resolve({"max_latency_ms": 0.0, "studies": []})["phase"] == "postmortem"
+    assert tw.resolve({"n_trials": 3})["phase"] == "quick"
+    assert tw.resolve({"phase": "validate", "focus_mode": "resume"})["phase"] == "validate"  # injected wins

@@ -39,9 +39,17 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 ADVICE_ATTR = "tunewise.advice"  # the advisor's prediction, recorded when a study starts
 
 
+# A parameter only one phase notebook's cell sets: run in JupyterLab, where nothing injects
+# `phase`, it tells the phase (its summary file and inputs table are named for it).
+_PHASE_MARKERS = {"focus_mode": "focused", "params_out": "validate", "max_latency_ms": "postmortem"}
+
+
 def resolve(namespace: dict[str, Any]) -> dict[str, Any]:
     """The notebook's parameters (its cell plus anything papermill injected), checked."""
-    return P.resolve(None, {k: namespace[k] for k in P.DEFAULTS if k in namespace})
+    values = {k: namespace[k] for k in P.DEFAULTS if k in namespace}
+    if "phase" not in values:
+        values["phase"] = next((ph for key, ph in _PHASE_MARKERS.items() if key in values), "quick")
+    return P.resolve(None, values)
 
 
 def table(rows: list[dict[str, Any]], caption: str = "") -> HTML:

@@ -157,10 +157,13 @@ def render(p: dict[str, Any], studies: Sequence[Any] = (), facts: dict[str, Any]
         if group == "data" and facts:
             for k in ("n_images", "n_classes", "fingerprint"):
                 rows.append(f"<tr><td>data</td><td>{k}</td><td>{html.escape(_fmt(facts[k]))}</td><td>measured</td></tr>")
+    # Headless, papermill injected the values after the parameters cell, which still shows
+    # the committed defaults; in JupyterLab the cell holds what the user typed.
+    headless = "" if p["interactive"] else " The parameters cell above holds the notebook's defaults, not this run's values."
     page = (
         "<p><b>Run inputs: the values this run used</b> (in the params file's names; "
-        "&#9733; marks a value that differs from the notebook's committed default, shown on the right). "
-        "The parameters cell above holds the notebook's defaults, not this run's values.</p>"
+        "&#9733; marks a value that differs from the notebook's committed default, shown on the right)."
+        f"{headless}</p>"
         "<table class='tunewise-inputs'><thead><tr><th>group</th><th>parameter</th><th>value</th>"
         f"<th>committed default</th></tr></thead><tbody>{''.join(rows)}</tbody></table>"
     )
