@@ -172,7 +172,7 @@ def test_a_study_stopped_by_its_failure_guard_exits_1_and_keeps_the_good_report(
     after = snapshot(run_copy)
     assert {k: after[k] for k in kept} == kept  # the good report and summary, untouched
     assert "quick.failed.ipynb" in after and "quick.failed.html" in after
-    failed = json.loads((run_copy / "summary.failed.json").read_text())
+    failed = json.loads((run_copy / "summary-quick.failed.json").read_text())
     assert failed["stop_reason"] == "failure_guard"
     assert main(["tune", *broken, "--set", "study_name=quick", "--out", str(run_copy)]) == 1
 

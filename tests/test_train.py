@@ -164,3 +164,21 @@ def test_pretrained_from_the_hub_without_network_is_one_clear_message(tmp_path):
     assert "could not load pretrained weights for 'test_resnet'" in proc.stderr
     assert "pretrained_file: a local weights file" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("env", [{"HF_HUB_OFFLINE": "1"}, {"HF_ENDPOINT": "http://127.0.0.1:9"}],
+                         ids=["HF_HUB_OFFLINE", "hub-unreachable"])
+def test_pretrained_without_a_hub_fails_at_once_naming_pretrained_file(env, tmp_path):
+    # A subprocess: huggingface_hub reads its environment once, at import.
+    code = ("import time; from tunewise.train.models import build_model\n"
+            "start = time.monotonic()\n"
+            "try:\n    build_model('test_resnet', 3, pretrained=True)\n"
+            "except Exception as exc:\n    print(type(exc).__name__, round(time.monotonic() - start, 1), exc)\n")
+    clean = {k: v for k, v in os.environ.items() if not k.lower().endswith("_proxy")}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env={**clean, "HF_HOME": str(tmp_path / "hf"), **env})
+    kind, seconds, message = proc.stdout.split(" ", 2)
+    assert kind == "SetupError" and float(seconds) < 5, proc.stdout + proc.stderr
+    assert "could not load pretrained weights for 'test_resnet'" in message and "not in the local cache" in message
+    assert ("HF_HUB_OFFLINE is set" if "HF_HUB_OFFLINE" in env else "no connection to 127.0.0.1:9") in message
+    assert "pretrained_file: a local weights file" in message

@@ -13,6 +13,8 @@
         N worker processes fill each study together (one per GPU, or CPU threads split)
     tunewise worker --study NAME [--storage URL] [--set KEY=VALUE ...]
         join a running study from another machine (parameters read from the study)
+    tunewise repair JOURNAL
+        salvage every readable record of a broken journal file into a new one (original kept)
     tunewise merge --into NAME [--storage URL] SOURCE [SOURCE ...]
         copy the finished trials of independent studies (SOURCE: STORAGE or STORAGE#STUDY)
         into one study, origin recorded, duplicates skipped; then run the post-mortem on it
@@ -86,6 +88,9 @@ def _parser() -> argparse.ArgumentParser:
     merge.add_argument("--include-failed", action="store_true", help="copy failed trials too")
     merge.add_argument("--force", action="store_true", help="merge studies of another metric or dataset anyway")
     merge.add_argument("--traceback", action="store_true", default=argparse.SUPPRESS, help="show the full traceback of an error")
+    rep = sub.add_parser("repair", help="salvage every readable record of a broken journal file into a new one")
+    rep.add_argument("journal", help="the journal file (e.g. runs/mine/study.journal); the original is kept beside it")
+    rep.add_argument("--traceback", action="store_true", default=argparse.SUPPRESS, help="show the full traceback of an error")
     adv = sub.add_parser("advise", help="is tuning worth it here? the seed's verdict from what is known")
     _common(adv)
     adv.add_argument("--baseline", type=float, help="macro-F1 of the default settings (default: from the study, if it ran)")
@@ -214,6 +219,11 @@ def _run(args) -> int:
 
     if args.command == "merge":
         return _merge(args)
+    if args.command == "repair":
+        from tunewise.study.journal import repair
+
+        print(repair(args.journal).text())
+        return 0
     overrides = _overrides(args)
     if args.command == "worker":
         return _worker(args, overrides)

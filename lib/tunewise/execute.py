@@ -10,6 +10,8 @@ import html
 import json
 import logging
 import os
+import shutil
+import tempfile
 import threading
 import time
 from contextlib import nullcontext
@@ -22,8 +24,9 @@ import papermill as pm
 from tunewise import params as P
 from tunewise.errors import ConfigError
 from tunewise.phases.source import LATER_PHASES, SOURCE_KEYS, inherit
-from tunewise.report.html import write_html
-from tunewise.atomic import write_text_atomic
+from tunewise.report.html import label_defaults, write_html
+from tunewise.atomic import disk_full_error, is_disk_full, summary_name, write_summary_files, write_text_atomic
+from tunewise.study.storage import for_kernel
 
 NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
 PRESETS = Path(__file__).resolve().parents[2] / "params"
@@ -144,6 +147,34 @@ class StudyWatch:
 FAILED_STOPS = ("failure_guard", "setup error", "error")
 
 
+def kernel_manager_class(env: dict[str, str], ipc_dir: str | None):
+    """The kernel manager papermill's client builds: the kernel gets ``env`` on top of this
+    process's environment (a storage URL with its password travels there, never in the
+    notebook), and talks over IPC, Unix sockets in the private folder ``ipc_dir``, instead
+    of local TCP ports any user of the machine could reach (which is why ipykernel warns
+    "Kernel is running over TCP without encryption"). ``ipc_dir`` None: TCP."""
+    from jupyter_client.manager import AsyncKernelManager
+
+    class TunewiseKernelManager(AsyncKernelManager):
+        def __init__(self, **kwargs):
+            if ipc_dir is not None:
+                kwargs.update(transport="ipc", ip=str(Path(ipc_dir) / "kernel"))
+            super().__init__(**kwargs)
+
+        async def _async_pre_start_kernel(self, **kwargs):
+            kwargs["env"] = {**kwargs.get("env", os.environ), **env}
+            return await super()._async_pre_start_kernel(**kwargs)
+
+    return TunewiseKernelManager
+
+
+def ipc_available() -> bool:
+    """ZeroMQ's ipc transport needs Unix domain sockets (not on Windows)."""
+    import zmq
+
+    return os.name == "posix" and bool(zmq.has("ipc"))
+
+
 def run_phase(phase: str, p: dict[str, Any], *, log_output: bool = False, progress: bool = False) -> PhaseRun:
     """Execute the phase notebook with parameters `p` into p['run_dir']; with `progress`,
     print the study's progress while it runs (quick and focused).
@@ -151,7 +182,7 @@ def run_phase(phase: str, p: dict[str, Any], *, log_output: bool = False, progre
     A failed run (a cell error, or a study stopped by the failure guard or a setup error)
     never replaces the last good report: its notebook and page go beside it as
     PHASE.failed.ipynb / PHASE.failed.html (as PHASE.ipynb / .html when there is no good one),
-    its summary as summary.failed.json, and summary.json is put back as it was."""
+    its summary as summary-PHASE.failed.json, and the summaries are put back as they were."""
     notebook = notebook_for(phase)
     precheck(phase, p)
     out = Path(p["run_dir"])
@@ -159,8 +190,10 @@ def run_phase(phase: str, p: dict[str, Any], *, log_output: bool = False, progre
     final = out / f"{phase}.ipynb"
     failed_nb = out / f"{phase}.failed.ipynb"
     partial = out / f".{phase}.partial.ipynb"  # papermill rewrites its output as it goes
-    summary_path = out / "summary.json"
-    summary_before = summary_path.read_bytes() if summary_path.exists() else None
+    phase_summary, latest_summary = out / summary_name(phase), out / "summary.json"
+    failed_summary = out / f"summary-{phase}.failed.json"
+    phase_before = phase_summary.read_bytes() if phase_summary.exists() else None
+    latest_before = latest_summary.read_bytes() if latest_summary.exists() else None
     keep_previous = final.exists() and not _has_error(final)
     start = time.perf_counter()
     error = ""
@@ -170,19 +203,34 @@ def run_phase(phase: str, p: dict[str, Any], *, log_output: bool = False, progre
     # "unknown parameter" warnings would only be noise.
     papermill_log.setLevel(logging.ERROR)
     watch = StudyWatch(phase, p) if progress and phase in ("quick", "focused") else nullcontext()
+    # papermill writes every parameter into the notebook (a cell and its metadata): a
+    # storage password goes to the kernel's environment, the notebook names the variable.
+    storage, kernel_env = for_kernel(p["storage"])
+    injected = P.replace(p, storage=storage)
+    ipc_dir = tempfile.mkdtemp(prefix="tw-kernel-") if ipc_available() else None
     try:
         with watch:
             pm.execute_notebook(
-                str(notebook), str(partial), parameters=dict(p), cwd=os.getcwd(), kernel_name="python3",
+                str(notebook), str(partial), parameters=dict(injected), cwd=os.getcwd(), kernel_name="python3",
                 progress_bar=False, log_output=log_output, request_save_on_cell_execute=False,
+                kernel_manager_class=kernel_manager_class(kernel_env, ipc_dir),
             )
     except pm.PapermillExecutionError as exc:
         error = _error_lines(exc)
+    except OSError as exc:
+        if not is_disk_full(exc):
+            raise
+        partial.unlink(missing_ok=True)  # papermill may have left half a notebook there
+        raise disk_full_error(final, exc) from None
     finally:
         papermill_log.setLevel(level)
+        if ipc_dir is not None:
+            shutil.rmtree(ipc_dir, ignore_errors=True)
+        if partial.exists():
+            label_defaults(partial)
     wall = time.perf_counter() - start
-    summary_after = summary_path.read_bytes() if summary_path.exists() else None
-    summary = json.loads(summary_after) if summary_after is not None and summary_after != summary_before else None
+    phase_after = phase_summary.read_bytes() if phase_summary.exists() else None
+    summary = json.loads(phase_after) if phase_after is not None and phase_after != phase_before else None
     if not error and summary and summary.get("stop_reason") in FAILED_STOPS:
         message = (summary.get("stop_details") or {}).get("message", "")
         error = f"study {summary.get('study_name')} stopped on {summary['stop_reason']}: {message}".strip()
@@ -191,21 +239,27 @@ def run_phase(phase: str, p: dict[str, Any], *, log_output: bool = False, progre
         os.replace(partial, written)
     html_path = write_html(written, written.with_suffix(".html")) if written.exists() else None
     if error:
-        if summary_after != summary_before:  # the failed run's summary goes beside the good one
-            if summary_after is not None:
-                write_text_atomic(out / "summary.failed.json", summary_after.decode())
-            if summary_before is None:
-                summary_path.unlink()
-            else:
-                write_text_atomic(summary_path, summary_before.decode())
+        if phase_after != phase_before:  # the failed run's summary goes beside the good one
+            if phase_after is not None:
+                write_text_atomic(failed_summary, phase_after.decode())
+            _put_back(phase_summary, phase_before)
+            _put_back(latest_summary, latest_before)
         summary = None
     else:
-        for stale in (failed_nb, failed_nb.with_suffix(".html"), out / "summary.failed.json"):
+        for stale in (failed_nb, failed_nb.with_suffix(".html"), failed_summary):
             stale.unlink(missing_ok=True)  # an earlier failure this run has put right
     if summary is not None:
         summary["notebook_wall_s"] = round(wall, 2)
-        write_text_atomic(summary_path, json.dumps(summary, indent=2, default=str))
+        write_summary_files(out, phase, summary)
     return PhaseRun(phase, not error, written, html_path, summary, wall, error, skipped=bool(summary and summary.get("skipped")))
+
+
+def _put_back(path: Path, content: bytes | None) -> None:
+    """``path`` as it was before the run: its old bytes, or no file."""
+    if content is None:
+        path.unlink(missing_ok=True)
+    else:
+        write_text_atomic(path, content.decode())
 
 
 def _has_error(notebook: Path) -> bool:

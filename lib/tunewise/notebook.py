@@ -21,7 +21,8 @@ from tunewise import records
 from tunewise.phases import postmortem, tuning
 from tunewise.phases.advice import Situation, advise
 from tunewise.phases.source import check_matches, latest_complete, open_existing_storage
-from tunewise.atomic import write_json_atomic
+from tunewise.atomic import write_summary_files
+from tunewise.report import inputs
 from tunewise.data.cache import describe
 from tunewise.errors import ConfigError, did_you_mean
 from tunewise.records import ADVICE_KEY, LINEAGE_KEY, SPACE_KEY, baseline_value, identity
@@ -41,9 +42,17 @@ pio.renderers.default = "plotly_mimetype"
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
+# A parameter only one phase notebook's cell sets: run in JupyterLab, where nothing injects
+# `phase`, it tells the phase (its summary file and inputs table are named for it).
+_PHASE_MARKERS = {"focus_mode": "focused", "params_out": "validate", "max_latency_ms": "postmortem"}
+
+
 def resolve(namespace: dict[str, Any]) -> dict[str, Any]:
     """The notebook's parameters (its cell plus anything papermill injected), checked."""
-    return P.resolve(None, {k: namespace[k] for k in P.DEFAULTS if k in namespace})
+    values = {k: namespace[k] for k in P.DEFAULTS if k in namespace}
+    if "phase" not in values:
+        values["phase"] = next((ph for key, ph in _PHASE_MARKERS.items() if key in values), "quick")
+    return P.resolve(None, values)
 
 
 def table(rows: list[dict[str, Any]], caption: str = "") -> HTML:
@@ -59,10 +68,25 @@ def _fmt(key: str, v: Any) -> str:
 
 
 def show_params(p: dict[str, Any], keys: list[str] | None = None) -> HTML:
-    keys = keys or ["phase", "study_name", "dataset", "img_size", "model", "epochs", "n_trials", "timeout",
-                    "sampler", "pruner", "storage", "run_dir", "device"]
-    shown = {**p, "storage": tuning.storage_label(p)}
-    return table([{"parameter": k, "value": shown[k]} for k in keys], "Parameters")
+    """Every value this run uses, in one table (report/inputs.py), marked where it differs
+    from the notebook's committed defaults, and the studies a later phase builds on.
+    ``keys`` is accepted for older notebooks: the table always shows the phase's inputs."""
+    return HTML(inputs.render(p, studies=_built_on(p)))
+
+
+def _built_on(p: dict[str, Any]) -> list[optuna.Study]:
+    """The studies this phase reads; [] where they are not there yet (the cell that needs
+    them says so with its own message)."""
+    try:
+        if p["phase"] == "focused":
+            return [load_study(p, p["source_study"] or "quick")]
+        if p["phase"] == "validate":
+            return [validation_source(p)]
+        if p["phase"] == "postmortem":
+            return _all_postmortem_studies(p)
+    except (ConfigError, KeyError, OSError):
+        pass
+    return []
 
 
 def situation(p: dict[str, Any], **known) -> Situation:
@@ -171,9 +195,9 @@ def final_charts(study: optuna.Study) -> None:
 
 
 def write_summary(p: dict[str, Any], summary: dict[str, Any]) -> Path:
-    path = Path(p["run_dir"]) / "summary.json"
-    write_json_atomic(path, summary)
-    return path
+    """summary-PHASE.json (and summary.json, the latest phase's), with the values the run
+    used (storage redacted), so a script reading a run folder can tell what produced it."""
+    return write_summary_files(p["run_dir"], p["phase"], {**summary, "inputs": inputs.summary_inputs(p)})
 
 
 # ---- focused phase ----------------------------------------------------------------------

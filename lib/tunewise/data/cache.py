@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from tunewise.data import fingerprint as fp
+from tunewise.atomic import is_disk_full
 from tunewise.data import sources
 from tunewise.data.decode import decode_files
 from tunewise.errors import DataError
@@ -126,9 +127,24 @@ def _crc(path: Path) -> int:
 
 
 def _write_entry(root: Path, data: ImageData) -> None:
-    """Write to a temporary folder, then rename it into place: readers never see half an entry."""
-    final = root / data.fingerprint
+    """Write to a temporary folder, then rename it into place: readers never see half an
+    entry. A full disk leaves no entry and a warning: the run goes on from memory (the
+    cache only saves decoding next time; the journal, which must be written, says so
+    itself if the same disk is full)."""
     tmp = root / f".{data.fingerprint}.tmp-{os.getpid()}"
+    try:
+        _write_entry_in(root, tmp, data)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        # numpy reports a short write (no room) as "N requested and M written", no errno.
+        if not (is_disk_full(exc) or (exc.errno is None and " requested and " in str(exc))):
+            raise
+        log.warning("disk cache not written to %s: the disk is full (%s); decoded images are kept in memory "
+                    "for this run only", root, exc.strerror or exc)
+
+
+def _write_entry_in(root: Path, tmp: Path, data: ImageData) -> None:
+    final = root / data.fingerprint
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     np.save(tmp / "images.npy", data.images.numpy())

@@ -21,7 +21,7 @@ from optuna.trial import TrialState
 
 from tunewise import __version__
 from tunewise import config as P
-from tunewise.atomic import write_json_atomic
+from tunewise.atomic import write_summary_files
 from tunewise.data.cache import ImageData, announce, describe, load_images
 from tunewise.records import BASELINE_KEY, SPACE_KEY, baseline_value
 from tunewise.search.samplers import describe_pruner, describe_sampler, make_pruner, make_sampler
@@ -32,7 +32,7 @@ from tunewise.errors import ConfigError
 from tunewise.study.identity import check_resume as check_study_resume
 from tunewise.study.identity import make_identity, record_params
 from tunewise.study.runner import RunResult, run_trials
-from tunewise.study.storage import JOURNAL_NAME, load_if_exists, open_storage, redact
+from tunewise.study.storage import JOURNAL_NAME, label, load_if_exists, open_storage
 from tunewise.study.strategy import METRIC, ObjectiveStrategy, SingleObjective, strategy_for, strategy_of
 from tunewise.train.hparams import TrainConfig
 from tunewise.train.objective import Objective
@@ -167,7 +167,7 @@ def run_here(
         show_progress_bar=show_progress_bar,
     )
     summary = summarize(prep, result, baseline)
-    write_json_atomic(prep.run_dir / "summary.json", summary)
+    write_summary_files(prep.run_dir, p["phase"], summary)
     return summary
 
 
@@ -228,8 +228,7 @@ def headline(best: float | None, base: float | None, n_finished: int, elapsed_s:
 
 def storage_label(p: dict[str, Any]) -> str:
     """Where the study lives, safe to show (passwords masked)."""
-    url = p["storage"] or os.environ.get("TUNEWISE_STORAGE")
-    return redact(url) if url else str(Path(p["run_dir"]) / JOURNAL_NAME)
+    return label(p["storage"], p["run_dir"])
 
 
 

@@ -34,6 +34,7 @@ from tunewise.train.hparams import TrainConfig
 from tunewise.train.objective import Objective
 from tunewise.data.splits import kfold_splits, train_val_split
 from tunewise.records import NOISE_FLOOR_KEY
+from tunewise.study.storage import shareable
 from tunewise.train.loop import NonFiniteLoss, train_and_evaluate
 
 SEEDS = (42, 777, 2024)  # the seed's validation seeds
@@ -294,7 +295,8 @@ def write_params_file(path: str | Path, base_params: Mapping[str, Any], winner: 
     whole or not at all.
     """
     P.check_keys(dict(winner), "winner")
-    values = P.resolve({**base_params, **winner, "search_space": {}, "phase": PARAMS_FILE_PHASE})
+    values = P.resolve({**base_params, **winner, "search_space": {}, "phase": PARAMS_FILE_PHASE,
+                        "storage": shareable(base_params.get("storage"))})  # never a password
     TrainConfig.from_dict(P.train_settings(values), where="winner")
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     header = [f"Final training parameters, written by tunewise's validation phase on {stamp}.",

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import optuna
 
 from tunewise import config
-from tunewise.atomic import write_json_atomic
+from tunewise.atomic import write_json_atomic, write_summary_files
 from tunewise.errors import ConfigError, TunewiseError
 from tunewise.study.identity import recorded_params
 from tunewise.study.storage import ENV_VAR, StorageLost, load_study, open_storage
@@ -78,7 +78,7 @@ def run_workers(
                                              progress=progress, poll_s=poll_s, stop_grace_s=stop_grace_s)
     summary = phase.summarize(prep, result, baseline)
     summary["workers"] = described
-    write_json_atomic(prep.run_dir / "summary.json", summary)
+    write_summary_files(prep.run_dir, p["phase"], summary)
     return summary
 
 

@@ -66,3 +66,19 @@ def write_html(notebook_path: str | Path, html_path: str | Path) -> Path:
     """Render `notebook_path` to `html_path` atomically."""
     nb = nbformat.read(str(notebook_path), as_version=4)
     return write_text_atomic(Path(html_path), notebook_html(nb))
+
+
+DEFAULTS_NOTE = (
+    "# The notebook's committed DEFAULTS, not the values this run used: `tunewise run` injected those\n"
+    "# (the 'injected-parameters' cell of the .ipynb) and the 'Run inputs' table below lists them.\n"
+)
+
+
+def label_defaults(notebook_path: str | Path) -> None:
+    """Mark an executed notebook's parameters cell as the defaults it is, so neither the
+    notebook nor its HTML report presents them as the run's values."""
+    nb = nbformat.read(str(notebook_path), as_version=4)
+    for cell in nb.cells:
+        if "parameters" in cell.get("metadata", {}).get("tags", []) and not cell.source.startswith(DEFAULTS_NOTE):
+            cell.source = DEFAULTS_NOTE + cell.source
+    write_text_atomic(Path(notebook_path), nbformat.writes(nb))

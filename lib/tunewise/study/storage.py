@@ -45,6 +45,7 @@ from optuna.storages.journal import JournalFileBackend
 
 from tunewise.errors import ConfigError, SetupError, did_you_mean
 from tunewise.records import storage_of
+from tunewise.study.journal import GuardedJournalBackend
 
 ENV_VAR = "TUNEWISE_STORAGE"
 RETRY_ENV_VAR = "TUNEWISE_RETRY_S"
@@ -163,6 +164,46 @@ def redact(url: str) -> str:
     return re.sub(r"(?i)([?&]password=)[^&]*", r"\1***", url)
 
 
+def has_literal_secret(url: str | None) -> bool:
+    """Whether ``url`` itself holds a credential (a password or ``?password=`` written out,
+    not a ``${VAR}`` reference that is read from the environment when the storage opens)."""
+    if not url or "://" not in url:
+        return False
+    secrets = [urlsplit(url).password or ""]
+    secrets += re.findall(r"(?i)[?&]password=([^&]*)", url)
+    return any(s and not re.fullmatch(r"(?:\$\{[A-Za-z_][A-Za-z0-9_]*\})+", s) for s in secrets)
+
+
+def shareable(url: str | None) -> str | None:
+    """``url`` as it may be written to a file others read: unchanged when it holds no
+    credential of its own (``${VAR}`` references stay, so the file still works for someone
+    with the same variable set), else redacted."""
+    return redact(url) if has_literal_secret(url) else url
+
+
+def for_kernel(url: str | None) -> tuple[str | None, dict[str, str]]:
+    """What to write into a notebook for storage ``url``, and what the kernel's environment
+    must hold for it: a URL with a password written out travels as ``${TUNEWISE_STORAGE}``
+    (the notebook can be run again by anyone who sets that variable), every other value as is."""
+    if not has_literal_secret(url):
+        return url, {}
+    return "${" + ENV_VAR + "}", {ENV_VAR: str(url)}
+
+
+def label(url: str | None, run_dir: str | Path) -> str:
+    """Where a study lives, safe to show: the URL with ``${VAR}`` expanded and the
+    password masked (the reference itself when the variable is not set here), or the
+    run's journal file."""
+    url = url or os.environ.get(ENV_VAR)
+    if not url:
+        return str(Path(run_dir) / JOURNAL_NAME)
+    try:
+        url = expand_env(url)
+    except ConfigError:
+        pass
+    return redact(url)
+
+
 def _allowed() -> str:
     return (
         "Allowed: nothing (a journal file in the run folder), a file path ending in "
@@ -175,7 +216,9 @@ def _allowed() -> str:
 def _journal(path: Path) -> JournalStorage:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        return JournalStorage(JournalFileBackend(str(path)))
+        # A torn last record is cut (with a warning) and a broken one named, before Optuna
+        # reads the file; appends never glue onto a torn tail (journal.py).
+        return JournalStorage(GuardedJournalBackend(str(path)))
     except OSError as exc:
         raise SetupError(f"cannot open journal storage {path}: {exc.strerror or exc}") from None
 

@@ -43,7 +43,7 @@ from tunewise.records import (
 from tunewise.search.samplers import describe_sampler, make_sampler
 from tunewise.study.budget import StudyClock, finished_trials
 from tunewise.study.runner import INTERRUPTED, RunResult, study_result
-from tunewise.study.storage import ENV_VAR, JOURNAL_NAME, StorageLost
+from tunewise.study.storage import ENV_VAR, JOURNAL_NAME, StorageLost, expand_env
 
 THREAD_ENV_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 STOP_GRACE_S = 30.0  # after Ctrl-C, how long workers get to leave the study consistent
@@ -190,7 +190,8 @@ def _spawn(p: dict[str, Any], study_name: str, plan: WorkerPlan, log_dir: Path, 
     overrides = {"run_dir": run_dir, "workers": 1}
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     # The storage travels in the environment, not on the command line others can read.
-    env[ENV_VAR] = p["storage"] or os.environ.get(ENV_VAR) or str(Path(run_dir) / JOURNAL_NAME)
+    # Expanded here: the notebook's storage may be the reference ${TUNEWISE_STORAGE} itself.
+    env[ENV_VAR] = expand_env(p["storage"] or os.environ.get(ENV_VAR) or str(Path(run_dir) / JOURNAL_NAME))
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[2]),
                                                       os.environ.get("PYTHONPATH")]))
     env.update({name: str(plan.threads) for name in THREAD_ENV_VARS})

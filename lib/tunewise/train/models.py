@@ -3,6 +3,7 @@ pretrained weights from the hub or from a local file the user names."""
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 
@@ -34,6 +35,58 @@ def check_pretrained_file(path: str | None, where: str = "pretrained_file") -> N
         raise ConfigError(f"{where}: {path} does not exist; allowed: a local .safetensors/.pth/.bin weights file")
 
 
+HUB_PROBE_TIMEOUT_S = 3.0  # an answer from the hub's host within this, or it counts as offline
+_HUB_FILES = ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin")
+_PROXY_VARS = ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")
+
+
+def _hub_weights_cached(repo_id: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    return any(isinstance(try_to_load_from_cache(repo_id, name), str) for name in _HUB_FILES)
+
+
+def _offline_reason() -> str | None:
+    """Why the hub cannot be reached now (None: it answered, or a proxy decides)."""
+    import socket
+    from urllib.parse import urlsplit
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return "HF_HUB_OFFLINE is set"
+    if any(os.environ.get(v) for v in _PROXY_VARS):
+        return None  # only the proxy knows: leave it to the hub client
+    endpoint = urlsplit(constants.ENDPOINT)
+    host, port = endpoint.hostname or "huggingface.co", endpoint.port or (80 if endpoint.scheme == "http" else 443)
+    try:
+        socket.create_connection((host, port), timeout=HUB_PROBE_TIMEOUT_S).close()
+    except OSError as exc:
+        return f"no connection to {host}:{port} within {HUB_PROBE_TIMEOUT_S:g} s ({exc.strerror or type(exc).__name__})"
+    return None
+
+
+def check_hub_reachable(name: str) -> None:
+    """Before timm fetches ``name``'s pretrained weights from the Hugging Face hub: when they
+    are not cached and the hub is out of reach (HF_HUB_OFFLINE, or no connection within a
+    few seconds), one SetupError at once, instead of the hub client's ~45 s of retries."""
+    try:
+        cfg = timm.models.get_pretrained_cfg(name)
+    except Exception:  # no pretrained config: timm says so itself
+        return
+    repo_id = getattr(cfg, "hf_hub_id", None) if cfg is not None else None
+    if not repo_id or _hub_weights_cached(repo_id):
+        return
+    reason = _offline_reason()
+    if reason:
+        raise SetupError(
+            f"pretrained: could not load pretrained weights for {name!r}: they are not in the local cache and the "
+            f"Hugging Face hub is out of reach ({reason}); allowed: pretrained: false, or pretrained_file: a local "
+            f"weights file (e.g. --set pretrained_file=/path/to/model.safetensors, fetched where there is network with "
+            f"`huggingface-cli download {repo_id} model.safetensors`)"
+        )
+
+
 def build_model(
     name: str,
     num_classes: int,
@@ -49,6 +102,8 @@ def build_model(
     if pretrained_file:
         # timm loads the file through its own pretrained path (head re-sized to num_classes).
         kwargs["pretrained_cfg_overlay"] = {"file": str(Path(pretrained_file).expanduser())}
+    if pretrained and not pretrained_file:
+        check_hub_reachable(name)
     try:
         model = timm.create_model(name, pretrained=pretrained or bool(pretrained_file), **kwargs)
     except TypeError as exc:
