@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from tunewise.data.sources import DataSpec
+from tunewise.data.splits import check_test_fraction
 from tunewise.errors import ConfigError, did_you_mean
 from tunewise.train.hparams import TrainConfig
 
@@ -29,6 +30,8 @@ STUDY_DEFAULTS: dict[str, Any] = {
     "seeds": [42, 777, 2024],  # validation phase: seeds to retrain with
     "val_fraction": 0.2,  # share of images held out for validation (stratified)
     "split_seed": 42,  # seed of the train/validation split
+    "test_fraction": "auto",  # untouched test split: auto (0.1 if every class keeps 10+ test images, else none) | 0 | a share
+    "test_seed": 0,  # seed of the test split, drawn first and independent of split_seed
     "device": "auto",  # auto | cpu | cuda | cuda:N
     "cache_dir": None,  # None: $TUNEWISE_CACHE_DIR or ~/.cache/tunewise
     "force": False,  # resume even if the space or dataset changed
@@ -120,6 +123,11 @@ def check_values(p: dict[str, Any]) -> None:
     need(p["storage"] is None or isinstance(p["storage"], str), "storage", "null or an Optuna storage URL / journal file path")
     need(isinstance(p["seeds"], list) and p["seeds"] and all(is_int(s) for s in p["seeds"]), "seeds", "a non-empty list of integers")
     need(isinstance(p["val_fraction"], float) and 0 < p["val_fraction"] < 1, "val_fraction", "a number strictly between 0 and 1")
+    try:
+        check_test_fraction(p["test_fraction"])
+    except ConfigError as exc:
+        errors.append(str(exc))
+    need(is_int(p["test_seed"]) and 0 <= p["test_seed"] < 2**32, "test_seed", "an integer >= 0")
     need(p["search_space"] is None or isinstance(p["search_space"], dict), "search_space", "a mapping of parameter: distribution or value")
     need(p["phase"] in PHASES, "phase", ", ".join(PHASES))
     need(p["focus_mode"] in ("warm_start", "resume"), "focus_mode", "warm_start, resume")

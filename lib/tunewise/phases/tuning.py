@@ -21,6 +21,7 @@ from optuna.trial import TrialState
 from tunewise import __version__
 from tunewise import config as P
 from tunewise.data.cache import ImageData, describe, load_images
+from tunewise.data.splits import HeldOut, held_out
 from tunewise.train.hparams import TrainConfig
 from tunewise.study import objectives as MO
 from tunewise.atomic import write_json_atomic
@@ -72,10 +73,11 @@ def check(p: dict[str, Any], space: SearchSpace | None = None) -> Checked:
     else:
         build_stop_rules(p["stop_rules"])
     data = load_images(P.data_spec(p), p["cache_dir"])
+    test = holdout(p, data)
     kind, extra = (MO.MultiObjective, {"objectives": p["objectives"]}) if multi else (Objective, {})
     objective = kind(
-        data, space, P.train_settings(p), val_fraction=p["val_fraction"], split_seed=p["split_seed"], device=p["device"],
-        **extra,
+        data, space, P.train_settings(p), val_fraction=p["val_fraction"], split_seed=p["split_seed"], holdout=test,
+        device=p["device"], **extra,
     )
     return Checked(space, sampler, pruner, data, objective)
 
@@ -91,7 +93,7 @@ def prepare(p: dict[str, Any], checked: Checked | None = None, *, record: bool =
     model = "search" if "model" in c.space.distributions else c.objective.base.model
     identity = make_identity(
         phase=p["phase"], space_fingerprint=c.space.fingerprint(), data_fingerprint=c.data.fingerprint,
-        model=model, metric=METRIC,
+        model=model, metric=METRIC, test_split=c.objective.holdout.identity(),
     )
     if MO.is_multi(p):
         study = MO.open_multi_study(p["study_name"], storage, objectives=p["objectives"], identity=identity,
@@ -111,6 +113,18 @@ def prepare(p: dict[str, Any], checked: Checked | None = None, *, record: bool =
         # (duplicate trials): offset the seed by what the study already holds.
         study.sampler = make_sampler(p["sampler"], seed=p["seed"] + len(study.trials))
     return Prepared(p, c.space, c.data, c.objective, study, run_dir)
+
+
+def holdout(p: dict[str, Any], data: ImageData) -> HeldOut:
+    """The untouched test split of `data` under `p` (test_fraction, test_seed): drawn before
+    and apart from every train/validation split. The final phase scores on its `indices`
+    once; everything else trains and validates only on its `pool`."""
+    return held_out(data.labels.numpy(), data.classes, p["test_fraction"], p["test_seed"])
+
+
+def final_test_indices(p: dict[str, Any], data: ImageData):
+    """The test split's indices into `data` (empty when there is none): for the final phase only."""
+    return holdout(p, data).indices
 
 
 def baseline_params(space: SearchSpace, fixed: dict[str, Any]) -> dict[str, Any]:
@@ -204,6 +218,7 @@ def summarize(prep: Prepared, result: RunResult, baseline: float | None = None) 
         "run_wall_s": round(result.run_wall_s, 2),
         "interrupted": result.interrupted,
         "data": describe(prep.data),
+        "test_split": {**prep.objective.holdout.identity(), "note": prep.objective.holdout.note},
         "sampler": describe_sampler(p["sampler"]),
         "pruner": describe_pruner(p["pruner"]),
         "search_space": prep.space.to_dict(),

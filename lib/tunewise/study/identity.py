@@ -44,12 +44,16 @@ FAIL_REASON_KEY = "fail_reason"
 WORKER_DIED = "worker died"
 PARAMS_KEY = "tunewise.params"
 SPACE_ATTR = "tunewise.search_space"  # the space a study searches, for the phases after it
+# The untouched test split (issue 21): its identity is a field of tunewise.identity, and the
+# final phase records its one score on it under TEST_SCORE_KEY.
+TEST_SPLIT_FIELD = "test_split"  # {fraction, seed, n, indices_sha256}
+TEST_SCORE_KEY = "tunewise.test_score"  # {"value": macro-F1 on the test split, ...}
 # Never recorded in the study: the storage URL may hold a password, and where the study
 # lives is what a joining worker is told, not what it reads.
 UNRECORDED_PARAMS = ("storage",)
 
 # Resuming with any of these changed mixes incomparable trials: refused unless forced.
-GUARDED_FIELDS = ("space_fingerprint", "data_fingerprint", "model", "metric", "direction")
+GUARDED_FIELDS = ("space_fingerprint", "data_fingerprint", "model", "metric", "direction", TEST_SPLIT_FIELD)
 DIRECTIONS = ("maximize", "minimize")
 FINISHED_STATES = (TrialState.COMPLETE, TrialState.PRUNED)
 # A trial whose worker dies this many times is probably what kills it (e.g. out of memory).
@@ -66,9 +70,13 @@ def make_identity(
     model: str,
     metric: str,
     direction: str = "maximize",
+    test_split: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The ``tunewise.identity`` dict for a study (open_study adds the tunewise version)."""
-    return {
+    """The ``tunewise.identity`` dict for a study (open_study adds the tunewise version).
+
+    ``test_split``: the held-out test split's identity (splits.HeldOut.identity()); a
+    resume with another one is refused like a change of data."""
+    identity = {
         "phase": phase,
         "space_fingerprint": space_fingerprint,
         "data_fingerprint": data_fingerprint,
@@ -77,6 +85,9 @@ def make_identity(
         "direction": direction,
         "tunewise_version": __version__,
     }
+    if test_split is not None:
+        identity[TEST_SPLIT_FIELD] = dict(test_split)
+    return identity
 
 
 def open_study(

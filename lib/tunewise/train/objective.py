@@ -21,7 +21,7 @@ from tunewise.data.cache import ImageData
 from tunewise.errors import ConfigError
 from tunewise.train.hparams import TrainConfig
 from tunewise.train.models import build_model, check_model_name, check_pretrained_file, check_weights_match
-from tunewise.data.splits import train_val_split
+from tunewise.data.splits import HeldOut, train_val_split
 from tunewise.train.loop import EpochMetrics, NonFiniteLoss, resolve_device, train_and_evaluate
 
 
@@ -48,13 +48,17 @@ class Objective:
         *,
         val_fraction: float = 0.2,
         split_seed: int = 42,
+        holdout: HeldOut | None = None,
         device: str = "auto",
     ):
         self.data = data
         self.space = space
         self.fixed = dict(fixed or {})
         self.device = resolve_device(device)
-        self.train_idx, self.val_idx = train_val_split(data.labels.numpy(), data.classes, val_fraction, split_seed)
+        # The train/validation split is drawn from what the test split left: no trial sees a test image.
+        self.holdout = holdout
+        pool = holdout.pool if holdout is not None else None
+        self.train_idx, self.val_idx = train_val_split(data.labels.numpy(), data.classes, val_fraction, split_seed, pool=pool)
         self.base = self.settings({})  # checks the fixed settings before any trial runs
         self._check_space()
         for model in self._models():
