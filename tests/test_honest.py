@@ -215,3 +215,76 @@ def test_validation_with_folds_uses_the_repeated_kfold_form(digits):
     folds = validate_configs(digits, {"baseline": {}, "best": {"lr": 3e-3}}, FAST, seeds=[1], folds=2)
     c = folds.compare()
     assert c.test == BOUCKAERT_FRANK and c.n_runs == 2 and c.test_train_ratio == pytest.approx(1.0, abs=0.01)
+
+
+# ---- a fair baseline at any budget ----------------------------------------------------------
+
+def test_the_default_recipe_scales_with_the_budget():
+    from tunewise.train.hparams import TrainConfig, crop_setting, warmup_steps
+
+    # warmup: 5% of the run's steps (10 steps an epoch): 3 epochs -> 2 steps, 20 epochs -> 10.
+    assert warmup_steps(TrainConfig(epochs=3), 10) == 2 and warmup_steps(TrainConfig(epochs=20), 10) == 10
+    assert warmup_steps(TrainConfig(epochs=3, warmup_epochs=1.0), 10) == 10  # an explicit value still wins
+    assert warmup_steps(TrainConfig(epochs=1, warmup_epochs=1.0), 10) == 5  # at most half the run
+    # crop auto: translate with shifts up to 1/8 of the side from 20 epochs, proportionally less before.
+    assert crop_setting(TrainConfig(epochs=20)) == ("translate", 0.125)
+    assert crop_setting(TrainConfig(epochs=4)) == ("translate", pytest.approx(0.025))
+    assert crop_setting(TrainConfig(epochs=4, crop="none")) == ("none", 0.125)
+
+
+def test_undertrained_reads_the_last_epochs_fall_against_its_mean_pace():
+    from tunewise.train.loop import undertrained
+
+    # 2.30 -> 1.50 -> 1.00: mean fall 0.65 an epoch, the last epoch fell 0.50 (77%): still learning.
+    assert undertrained([2.30, 1.50, 1.00]).startswith(
+        "the training loss was still falling steeply at the last epoch (1.500 -> 1.000, 77% of its mean fall per "
+        "epoch since 2.300)")
+    # 2.30 -> 0.40 -> 0.35 -> 0.33: mean fall 0.657, the last epoch 0.02 (3%): flattened out.
+    assert undertrained([2.30, 0.40, 0.35, 0.33]) is None
+    assert undertrained([2.30, 1.0]) is None  # 2 epochs: the last one is the whole fall, no trend
+    assert undertrained([1.0, 1.1, 1.2]) is None  # not falling at all: another problem
+
+
+@pytest.mark.parametrize("settings, warns", [
+    ({"lr": 1e-4, "epochs": 3}, True),  # losses ~0.96, 0.70, 0.61: still falling at half its pace
+    ({"lr": 3e-3, "epochs": 6}, False),  # learns the colours in 2 epochs, then flat
+])
+def test_the_preflight_warns_on_an_undertrained_baseline_only(tmp_path, settings, warns):
+    from conftest import write_png_folder
+    from tunewise.phases.tuning import tune
+
+    images = write_png_folder(tmp_path / "images40", n_per_class=40)
+    p = P.resolve(overrides={
+        "run_dir": str(tmp_path / "run"), "dataset": str(images), "img_size": 32, "n_trials": 1,
+        "search_space": {"weight_decay": {"type": "float", "low": 0.0, "high": 0.1}}, "pruner": "none",
+        **FAST, "batch_size": 16, **settings})
+    before = tw.preflight(p).data
+    assert "Its training curve is checked once trial 0" in before and not (tmp_path / "run").exists()
+    summary = tune(p)
+    after = tw.preflight(p).data
+    assert ("Warning: the baseline looks under-trained" in after) is warns, after
+    assert (summary["baseline_check"] is not None) is warns
+    assert ("a fair baseline" in after) is not warns
+
+
+# ---- the three estimates in the post-mortem -------------------------------------------------
+
+def test_the_postmortem_puts_study_validation_and_test_side_by_side(tmp_path):
+    from optuna.distributions import FloatDistribution
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+    from tunewise.phases.postmortem import estimates
+    from tunewise.study.identity import TEST_SCORE_KEY, VALIDATION_KEY
+
+    study = optuna.create_study(study_name="quick", storage=JournalStorage(JournalFileBackend(str(tmp_path / "j"))),
+                                direction="maximize")
+    study.add_trial(optuna.trial.create_trial(params={"lr": 0.01}, distributions={"lr": FloatDistribution(1e-4, 1e-1)},
+                                              value=0.91))
+    assert estimates(study) == {"study": "quick", "best in study": 0.91, "validation mean": None, "optimism": None,
+                                "validation verdict": None, "test score": None}
+    study.set_user_attr(VALIDATION_KEY, {"best_fresh_mean": 0.88, "optimism": 0.03, "verdict": "within noise"})
+    study.set_user_attr(TEST_SCORE_KEY, {"value": 0.87})
+    row = estimates(study)
+    assert (row["best in study"], row["validation mean"], row["optimism"], row["test score"]) == (0.91, 0.88, 0.03, 0.87)
+    shown = tw.show_estimates([study]).data
+    assert "Three estimates of the winner" in shown and "0.87" in shown

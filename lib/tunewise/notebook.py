@@ -29,7 +29,7 @@ from tunewise.search.space import SearchSpace
 from tunewise.study.stoprules import Verdict, should_continue_optimization
 from tunewise.study.storage import open_storage
 from tunewise.phases.validate import Validation, noise_std, optimism, save_noise, validate_configs, write_params_file
-from tunewise.study.identity import IDENTITY_KEY, PARAMS_KEY, TEST_SPLIT_FIELD
+from tunewise.study.identity import IDENTITY_KEY, PARAMS_KEY, TEST_SPLIT_FIELD, VALIDATION_KEY
 
 # JupyterLab draws plotly's own mime type natively, and the HTML report turns it into
 # interactive charts with one embedded plotly.js (see report.py).
@@ -82,7 +82,24 @@ def preflight(p: dict[str, Any]) -> HTML:
     facts = (f"{info['n_images']} images in {info['classes']} classes ({min(counts.values())}-{max(counts.values())} per class), "
              f"{info['img_size']} px, from {info['description']} (loaded from {data.origin}).")
     advice = advise(situation(p))
-    return HTML(f"<p><b>Pre-flight.</b> {html.escape(facts)}</p><p><b>Advice.</b> {html.escape(advice.text())}</p>")
+    test = tuning.holdout(p, data)
+    return HTML(f"<p><b>Pre-flight.</b> {html.escape(facts)}</p><p><b>Advice.</b> {html.escape(advice.text())}</p>"
+                f"<p><b>Test split.</b> {html.escape(test.note)}.</p>" + _baseline_check(p))
+
+
+def _baseline_check(p: dict[str, Any]) -> str:
+    """The warning when the study's baseline trial looks under-trained for its epochs."""
+    try:
+        storage = open_storage(p["storage"], p["run_dir"], must_exist=True)  # the pre-flight writes nothing
+    except ConfigError:
+        storage = None
+    if storage is None or p["study_name"] not in optuna.get_all_study_names(storage):
+        return ("<p><b>Baseline.</b> Its training curve is checked once trial 0 (the default settings) has run; "
+                "the result below repeats the check.</p>")
+    warning = tuning.baseline_warning(optuna.load_study(study_name=p["study_name"], storage=storage))
+    if warning is None:
+        return "<p><b>Baseline.</b> Its training loss had flattened out by the last epoch: a fair baseline.</p>"
+    return f"<p><b>Warning: the baseline looks under-trained.</b> {html.escape(warning)}.</p>"
 
 
 def space_editor(p: dict[str, Any]):
@@ -125,6 +142,7 @@ def show_result(summary: dict[str, Any]) -> HTML:
         {"": "best macro-F1", "value": summary["best_value"]},
         {"": "baseline (default settings)", "value": summary["baseline_value"]},
         {"": "gain", "value": summary["gain"]},
+        {"": "baseline check", "value": summary.get("baseline_check") or "trained: its loss had flattened out"},
         {"": "relative gain", "value": None if summary["relative_gain"] is None else f"{summary['relative_gain']:+.2%}"},
         {"": "finished trials", "value": f"{summary['n_finished']} {summary['trials']}"},
         {"": "time spent (s)", "value": summary["elapsed_s"]},
@@ -396,6 +414,10 @@ def record_validation(p: dict[str, Any], source: optuna.Study, v: Validation, co
     means = v.means
     gaps = optimism(study_scores(source, configs), v)
     best_gap = gaps.get("best", {}).get("gap")
+    # On the study it validated, so the post-mortem can put it next to the study's best.
+    source.set_user_attr(VALIDATION_KEY, {
+        "best_fresh_mean": means.get("best"), "baseline_fresh_mean": means.get("baseline"), "optimism": best_gap,
+        "verdict": comparison.verdict, "test": comparison.test, "n_runs": comparison.n_runs})
     summary = {
         "phase": p["phase"], "source_study": source.study_name, "seeds": v.seeds, "folds": v.folds,
         "split_seeds": v.split_seeds, "training_seeds": v.train_seeds, "tuning_seeds_avoided": v.avoided,
@@ -474,6 +496,15 @@ def show_advice_vs_outcome(studies: list[optuna.Study]) -> HTML:
     return table(rows, "Advice at the start, and what happened")
 
 
+def show_estimates(studies: list[optuna.Study]) -> HTML:
+    """The study's best, the validation mean on fresh splits and the test score, side by side."""
+    rows = [postmortem.estimates(s) for s in studies]
+    return HTML(table(rows, "Three estimates of the winner: in its study, on fresh splits, on the test split").data
+                + "<p>The study's best was picked on one split and is optimistic; the validation mean retrains on "
+                  "fresh splits; the test score (written once by the final phase) is the only one no choice has "
+                  "seen. An empty cell: that phase has not run.</p>")
+
+
 def show_warm_starts(studies: list[optuna.Study]) -> HTML:
     """For each warm-started study: how many trials it needed to reach its source's best,
     against how many the source needed."""
@@ -508,6 +539,7 @@ def postmortem_summary(p: dict[str, Any], studies: list[optuna.Study]) -> dict[s
     headline += [f"{f['study']}: {len(f['front'])} trials on the Pareto front" for f in fronts]
     summary = {
         "phase": p["phase"], "studies": [postmortem.summarize_study(s) for s in studies], "phase_table": rows,
+        "estimates": [postmortem.estimates(s) for s in studies],
         "pareto": fronts, "headline": "; ".join(headline),
     }
     write_summary(p, summary)

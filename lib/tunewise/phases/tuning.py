@@ -25,7 +25,8 @@ from tunewise.data.splits import HeldOut, held_out
 from tunewise.train.hparams import TrainConfig
 from tunewise.study import objectives as MO
 from tunewise.atomic import write_json_atomic
-from tunewise.train.objective import Objective
+from tunewise.train.loop import undertrained
+from tunewise.train.objective import TRAIN_LOSS_ATTR, Objective
 from tunewise.search.warmstart import warm_start_from
 from tunewise.study.runner import RunResult, run_trials
 from tunewise.search.samplers import describe_pruner, describe_sampler, make_pruner, make_sampler
@@ -140,6 +141,15 @@ def baseline_value(study: optuna.Study) -> float | None:
     return None
 
 
+def baseline_warning(study: optuna.Study) -> str | None:
+    """Why the baseline trial looks under-trained for its epochs (its training loss still
+    falling steeply at the last epoch), or None (trained, or no baseline curve yet)."""
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        if t.user_attrs.get(BASELINE_ATTR) and t.user_attrs.get(TRAIN_LOSS_ATTR):
+            return undertrained(t.user_attrs[TRAIN_LOSS_ATTR])
+    return None
+
+
 def tune(
     p: dict[str, Any],
     *,
@@ -208,6 +218,7 @@ def summarize(prep: Prepared, result: RunResult, baseline: float | None = None) 
         "best_value": best,
         "best_params": result.best_params,
         "baseline_value": base,
+        "baseline_check": baseline_warning(study),
         "gain": gain,
         "relative_gain": None if gain is None or not base else gain / base,
         "trials": states,

@@ -48,6 +48,7 @@ SPACE_ATTR = "tunewise.search_space"  # the space a study searches, for the phas
 # final phase records its one score on it under TEST_SCORE_KEY.
 TEST_SPLIT_FIELD = "test_split"  # {fraction, seed, n, indices_sha256}
 TEST_SCORE_KEY = "tunewise.test_score"  # {"value": macro-F1 on the test split, ...}
+VALIDATION_KEY = "tunewise.validation"  # the validation phase's result, on the study it validated
 # Never recorded in the study: the storage URL may hold a password, and where the study
 # lives is what a joining worker is told, not what it reads.
 UNRECORDED_PARAMS = ("storage",)

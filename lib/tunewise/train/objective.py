@@ -25,6 +25,9 @@ from tunewise.data.splits import HeldOut, train_val_split
 from tunewise.train.loop import EpochMetrics, NonFiniteLoss, resolve_device, train_and_evaluate
 
 
+TRAIN_LOSS_ATTR = "train_loss"  # trial user attr: mean training loss of each epoch, in order
+
+
 class TrialFailed(Exception):
     """This trial could not run (e.g. out of memory); the study goes on."""
 
@@ -119,7 +122,11 @@ class Objective:
         params = self.space.sample(trial) if self.space is not None else {}
         cfg = self.settings(params)
 
+        losses: list[float] = []
+
         def report(m: EpochMetrics) -> None:
+            losses.append(round(m.train_loss, 5))
+            trial.set_user_attr(TRAIN_LOSS_ATTR, losses)  # the pre-flight reads the baseline's curve
             trial.set_user_attr("accuracy", m.accuracy)
             trial.set_user_attr("epochs_run", m.epoch)
             if not self.prunable:
