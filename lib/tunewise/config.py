@@ -25,6 +25,7 @@ from tunewise.data.sources import BUILTIN, DataSpec
 from tunewise.errors import ConfigError, did_you_mean, is_int, is_number
 from tunewise.train.hparams import TrainConfig
 from tunewise.train.objective_names import check_objectives
+from tunewise.data.splits import check_test_fraction
 
 PHASES = ("quick", "focused", "validate", "postmortem")
 FOCUS_MODES = ("warm_start", "resume")
@@ -64,12 +65,19 @@ class SplitSettings:
 
     val_fraction: float = 0.2  # share of images held out for validation (stratified)
     split_seed: int = 42  # seed of the train/validation split
+    test_fraction: Any = "auto"  # untouched test split: auto (0.1 if every class keeps 10+ test images, else none) | 0 | a share
+    test_seed: int = 0  # seed of the test split, drawn first and independent of split_seed
 
     def problems(self) -> list[str]:
         c = _Checks(self)
         c.need(isinstance(self.val_fraction, float) and 0 < self.val_fraction < 1, "val_fraction",
                "a number strictly between 0 and 1")
         c.need(is_int(self.split_seed) and self.split_seed >= 0, "split_seed", "an integer >= 0")
+        try:
+            check_test_fraction(self.test_fraction)
+        except ConfigError as exc:
+            c.errors.append(str(exc))
+        c.need(is_int(self.test_seed) and 0 <= self.test_seed < 2**32, "test_seed", "an integer >= 0")
         return c.errors
 
 

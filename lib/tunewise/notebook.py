@@ -34,7 +34,8 @@ from tunewise.study.stoprules import Verdict, should_continue_optimization
 from tunewise.study.storage import load_if_exists, open_storage
 from tunewise.study.strategy import strategy_of
 from tunewise.report.tables import html_table, phase_table_html
-from tunewise.phases.validate import Validation, noise_std, save_noise, validate_configs, write_params_file
+from tunewise.phases.validate import Validation, noise_std, optimism, save_noise, validate_configs, write_params_file
+from tunewise.records import IDENTITY_KEY, PARAMS_KEY, TEST_SPLIT_FIELD, VALIDATION_KEY
 
 # JupyterLab draws plotly's own mime type natively, and the HTML report turns it into
 # interactive charts with one embedded plotly.js (see report.py).
@@ -104,7 +105,24 @@ def preflight(p: dict[str, Any]) -> HTML:
     facts = (f"{info['n_images']} images in {info['classes']} classes ({min(counts.values())}-{max(counts.values())} per class), "
              f"{info['img_size']} px, from {info['description']} (loaded from {data.origin}).")
     advice = advise(situation(p))
-    return HTML(f"<p><b>Pre-flight.</b> {html.escape(facts)}</p><p><b>Advice.</b> {html.escape(advice.text())}</p>")
+    test = tuning.holdout(p, data)
+    return HTML(f"<p><b>Pre-flight.</b> {html.escape(facts)}</p><p><b>Advice.</b> {html.escape(advice.text())}</p>"
+                f"<p><b>Test split.</b> {html.escape(test.note)}.</p>" + _baseline_check(p))
+
+
+def _baseline_check(p: dict[str, Any]) -> str:
+    """The warning when the study's baseline trial looks under-trained for its epochs."""
+    try:
+        storage = open_storage(p["storage"], p["run_dir"], must_exist=True)  # the pre-flight writes nothing
+    except ConfigError:
+        storage = None
+    if storage is None or p["study_name"] not in optuna.get_all_study_names(storage):
+        return ("<p><b>Baseline.</b> Its training curve is checked once trial 0 (the default settings) has run; "
+                "the result below repeats the check.</p>")
+    warning = tuning.baseline_warning(optuna.load_study(study_name=p["study_name"], storage=storage))
+    if warning is None:
+        return "<p><b>Baseline.</b> Its training loss had flattened out by the last epoch: a fair baseline.</p>"
+    return f"<p><b>Warning: the baseline looks under-trained.</b> {html.escape(warning)}.</p>"
 
 
 def space_editor(p: dict[str, Any]):
@@ -147,6 +165,7 @@ def show_result(summary: dict[str, Any]) -> HTML:
         {"": "best macro-F1", "value": summary["best_value"]},
         {"": "baseline (default settings)", "value": summary["baseline_value"]},
         {"": "gain", "value": summary["gain"]},
+        {"": "baseline check", "value": summary.get("baseline_check") or "trained: its loss had flattened out"},
         {"": "relative gain", "value": None if summary["relative_gain"] is None else f"{summary['relative_gain']:+.2%}"},
         {"": "finished trials", "value": f"{summary['n_finished']} {summary['trials']}"},
         {"": "time spent (s)", "value": summary["elapsed_s"]},
@@ -324,8 +343,32 @@ def validation_configs(study: optuna.Study, k: int) -> dict[str, dict[str, Any]]
     return configs
 
 
-def run_validation(p: dict[str, Any], configs: dict[str, dict[str, Any]]) -> Validation:
+def tuning_seeds(p: dict[str, Any], source: optuna.Study | None) -> tuple[int, int]:
+    """(split_seed, seed) the source study's trials used (its recorded parameters, else p's):
+    the validation runs must not replay them."""
+    recorded = (source.user_attrs.get(PARAMS_KEY) if source is not None else None) or {}
+    return recorded.get("split_seed", p["split_seed"]), recorded.get("seed", p["seed"])
+
+
+def validation_holdout(p: dict[str, Any], data, source: optuna.Study | None):
+    """The test split under p, which must be the one the source study held out (else the
+    validation runs could train on images the study never saw, or on its test images)."""
+    test = tuning.holdout(p, data)
+    recorded = ((source.user_attrs.get(IDENTITY_KEY) or {}).get(TEST_SPLIT_FIELD)) if source is not None else None
+    if recorded is not None and recorded != test.identity():
+        raise ConfigError(
+            f"test_fraction/test_seed: study {source.study_name} held out the test split {recorded}, these parameters "
+            f"give {test.identity()}; allowed: the study's test_fraction and test_seed"
+        )
+    return test
+
+
+def run_validation(p: dict[str, Any], configs: dict[str, dict[str, Any]], source: optuna.Study | None = None) -> Validation:
+    """Retrain the configurations on fresh splits of the non-test images (never the source
+    study's split seed or training seed)."""
     data = tuning.load_images(P.data_spec(p), p["cache_dir"])
+    test = validation_holdout(p, data, source)
+    split_seed, seed = tuning_seeds(p, source)
     runs = len(configs) * len(p["seeds"]) * max(p["folds"], 1)
     bar = _progress(runs, "runs") if p["interactive"] else None
 
@@ -335,7 +378,8 @@ def run_validation(p: dict[str, Any], configs: dict[str, dict[str, Any]]) -> Val
         print(f"{name:>9}  seed {seed:>5}  macro-F1 {score:.4f}")
 
     return validate_configs(data, configs, P.train_settings(p), seeds=p["seeds"], folds=p["folds"] or None,
-                            val_fraction=p["val_fraction"], device=p["device"], on_run=on_run)
+                            val_fraction=p["val_fraction"], device=p["device"], on_run=on_run, holdout=test,
+                            tuning_split_seed=split_seed, tuning_seed=seed)
 
 
 def _progress(total: int, label: str):
@@ -346,10 +390,38 @@ def _progress(total: int, label: str):
     return bar
 
 
-def show_validation(v: Validation, comparison) -> HTML:
+def study_scores(source: optuna.Study, configs: dict[str, dict[str, Any]]) -> dict[str, float | None]:
+    """Each configuration's score in the study that chose it (baseline: its trial 0)."""
+    ranked = best_complete(source.get_trials(deepcopy=False), source.direction.name.lower())
+    by_params = {}
+    for t in ranked:
+        by_params.setdefault(repr(sorted(t.params.items())), t.value)
+    scores = {name: by_params.get(repr(sorted(params.items()))) for name, params in configs.items() if name != "baseline"}
+    return {"baseline": baseline_value(source), **scores}
+
+
+def show_validation(v: Validation, comparison, source: optuna.Study | None = None,
+                    configs: dict[str, dict[str, Any]] | None = None) -> HTML:
+    """The scores, the verdict, the seeds used (fresh splits) and, given the source study and
+    the configurations, the optimism of the search."""
     word = {"real gain": "A real gain", "real loss": "A real loss"}.get(comparison.verdict, "Within noise")
+    avoided = v.avoided or {}
+    fresh = ""
+    if avoided.get("split_seed") is not None:
+        fresh = (f"<p><b>Fresh splits.</b> The tuning study split with split_seed {avoided['split_seed']} and trained "
+                 f"with seed {avoided.get('seed')}; no validation run replays them (a seed equal to either is replaced "
+                 "by a derived one), and no run sees the test split.</p>"
+                 + table(v.seed_table(), "Seeds each validation run used").data)
+    gap = ""
+    if source is not None and configs is not None:
+        rows = [{"config": name, "in its study": o["in_study"], "mean on fresh splits": o["fresh_mean"],
+                 "optimism (study - fresh)": o["gap"]}
+                for name, o in optimism(study_scores(source, configs), v).items()]
+        gap = (table(rows, f"Optimism of the search: scores in {source.study_name} against fresh splits").data
+               + "<p>The winner was picked on one split, so its score there carries that split's luck; the gap to its "
+                 "mean on fresh splits is what the search's own figure overstated (the baseline is the control).</p>")
     return HTML(table(v.table(), "macro-F1 per configuration and seed").data
-                + f"<p><b>{word}.</b> {html.escape(comparison.message)}</p>")
+                + f"<p><b>{word}.</b> {html.escape(comparison.message)}</p>" + fresh + gap)
 
 
 def record_validation(p: dict[str, Any], source: optuna.Study, v: Validation, comparison, configs) -> dict[str, Any]:
@@ -367,13 +439,21 @@ def record_validation(p: dict[str, Any], source: optuna.Study, v: Validation, co
     where = P.absolute_paths(p)
     path = write_params_file(Path(where["run_dir"]) / p["params_out"], where, configs[winner_name], note)
     means = v.means
+    gaps = optimism(study_scores(source, configs), v)
+    best_gap = gaps.get("best", {}).get("gap")
+    # On the study it validated, so the post-mortem can put it next to the study's best.
+    source.set_user_attr(VALIDATION_KEY, {
+        "best_fresh_mean": means.get("best"), "baseline_fresh_mean": means.get("baseline"), "optimism": best_gap,
+        "verdict": comparison.verdict, "test": comparison.test, "n_runs": comparison.n_runs})
     summary = {
         "phase": p["phase"], "source_study": source.study_name, "dataset": where["dataset"], "image_dir": where["image_dir"],
         "seeds": v.seeds, "folds": v.folds,
+        "split_seeds": v.split_seeds, "training_seeds": v.train_seeds, "tuning_seeds_avoided": v.avoided,
         "configs": configs, "table": v.table(), "comparison": comparison.to_dict(), "noise_std": noise,
-        "winner": winner_name, "params_file": str(path), "wall_s": round(v.wall_s, 2),
+        "optimism": gaps, "winner": winner_name, "params_file": str(path), "wall_s": round(v.wall_s, 2),
         "headline": f"{comparison.verdict}: best {means['best']:.4f} vs baseline {means['baseline']:.4f} "
-                    f"over {len(v.seeds)} seeds (noise {noise:.4f}); winner {winner_name}",
+                    f"over {len(v.seeds)} seeds (noise {noise:.4f}; {comparison.test}); winner {winner_name}"
+                    + ("" if best_gap is None else f"; optimism of the search {best_gap:+.4f}"),
     }
     write_summary(p, summary)
     return summary
@@ -446,6 +526,15 @@ def show_advice_vs_outcome(studies: list[optuna.Study]) -> HTML:
     return table(rows, "Advice at the start, and what happened")
 
 
+def show_estimates(studies: list[optuna.Study]) -> HTML:
+    """The study's best, the validation mean on fresh splits and the test score, side by side."""
+    rows = [postmortem.estimates(s) for s in studies]
+    return HTML(table(rows, "Three estimates of the winner: in its study, on fresh splits, on the test split").data
+                + "<p>The study's best was picked on one split and is optimistic; the validation mean retrains on "
+                  "fresh splits; the test score (written once by the final phase) is the only one no choice has "
+                  "seen. An empty cell: that phase has not run.</p>")
+
+
 def show_warm_starts(studies: list[optuna.Study]) -> HTML:
     """For each warm-started study: how many trials it needed to reach its source's best,
     against how many the source needed."""
@@ -480,6 +569,7 @@ def postmortem_summary(p: dict[str, Any], studies: list[optuna.Study]) -> dict[s
     headline += [f"{f['study']}: {len(f['front'])} trials on the Pareto front" for f in fronts]
     summary = {
         "phase": p["phase"], "studies": [postmortem.summarize_study(s) for s in studies], "phase_table": rows,
+        "estimates": [postmortem.estimates(s) for s in studies],
         "pareto": fronts, "headline": "; ".join(headline),
     }
     write_summary(p, summary)

@@ -34,6 +34,9 @@ BASELINE_FROM_KEY = "tunewise.baseline_from"  # {study, trial, value}: a baselin
 ADVICE_KEY = "tunewise.advice"  # the advisor's prediction when the study started
 MERGED_KEY = "tunewise.merged_from"  # one entry per merge into this study
 MERGED_ELAPSED_KEY = "tunewise.merged_elapsed_s"  # seconds spent, per merged source study
+TEST_SCORE_KEY = "tunewise.test_score"  # {"value": macro-F1 on the untouched test split, ...}: the final phase's one score
+VALIDATION_KEY = "tunewise.validation"  # the validation phase's result, on the study it validated
+TEST_SPLIT_FIELD = "test_split"  # the field of tunewise.identity holding the test split's {fraction, seed, n, indices_sha256}
 
 # --- trial user attributes ------------------------------------------------------------------
 BASELINE_KEY = "tunewise.baseline"  # True on the trial that runs the default settings

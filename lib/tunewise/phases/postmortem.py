@@ -27,6 +27,8 @@ from tunewise.records import (
     FINISHED_STATES,
     STOP_DETAILS_KEY,
     STOP_REASON_KEY,
+    TEST_SCORE_KEY,
+    VALIDATION_KEY,
     baseline_value,
     best_trial,
     complete_trials,
@@ -170,6 +172,25 @@ def study_hours(study: optuna.Study) -> float | None:
         return float(elapsed) / 3600
     ends = [t.datetime_complete for t in study.get_trials(deepcopy=False) if t.datetime_complete]
     return _hours(max(ends) - _first_start(study)) if ends else None
+
+
+def estimates(study: optuna.Study) -> dict[str, Any]:
+    """The three estimates of the winner's score, side by side: its best in the study (picked
+    on one split, so flattered by selection), its mean on fresh validation splits (recorded
+    by the validation phase), and its score on the untouched test split (recorded once by the
+    final phase under TEST_SCORE_KEY; None until then)."""
+    best = best_trial(study)
+    validation = study.user_attrs.get(VALIDATION_KEY) or {}
+    test = study.user_attrs.get(TEST_SCORE_KEY) or {}
+    test_value = test.get("value") if isinstance(test, dict) else test
+    return {
+        "study": study.study_name,
+        "best in study": best.value if best else None,
+        "validation mean": validation.get("best_fresh_mean"),
+        "optimism": validation.get("optimism"),
+        "validation verdict": validation.get("verdict"),
+        "test score": test_value,
+    }
 
 
 # --- phase table --------------------------------------------------------------------------

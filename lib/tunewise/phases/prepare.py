@@ -23,7 +23,8 @@ from tunewise import __version__
 from tunewise import config as P
 from tunewise.atomic import write_summary_files
 from tunewise.data.cache import ImageData, announce, describe, load_images
-from tunewise.records import BASELINE_KEY, SPACE_KEY, baseline_value
+from tunewise.data.splits import HeldOut, held_out
+from tunewise.records import BASELINE_KEY, SPACE_KEY, baseline_trial, baseline_value
 from tunewise.search.samplers import describe_pruner, describe_sampler, make_pruner, make_sampler
 from tunewise.search.space import SearchSpace
 from tunewise.study.warmstart import warm_start_from
@@ -35,7 +36,8 @@ from tunewise.study.runner import RunResult, run_trials
 from tunewise.study.storage import JOURNAL_NAME, label, load_if_exists, open_storage
 from tunewise.study.strategy import METRIC, ObjectiveStrategy, SingleObjective, strategy_for, strategy_of
 from tunewise.train.hparams import TrainConfig
-from tunewise.train.objective import Objective
+from tunewise.train.loop import undertrained
+from tunewise.train.objective import TRAIN_LOSS_ATTR, Objective
 
 
 @dataclass
@@ -71,8 +73,10 @@ def check(p: dict[str, Any], space: SearchSpace | None = None) -> Checked:
     strategy.stop_rules(p["stop_rules"])  # checks the rules now; built again with the clock in run_here()
     data = load_images(P.data_spec(p), p["cache_dir"])
     announce(data)  # one line of what was loaded, once per process
+    test = holdout(p, data)
     objective = strategy.objective(
-        data, space, P.train_settings(p), val_fraction=p["val_fraction"], split_seed=p["split_seed"], device=p["device"],
+        data, space, P.train_settings(p), val_fraction=p["val_fraction"], split_seed=p["split_seed"], holdout=test,
+        device=p["device"],
     )
     return Checked(space, sampler, pruner, data, objective, strategy)
 
@@ -119,6 +123,7 @@ def study_identity(p: dict[str, Any], c: Checked) -> dict[str, Any]:
         phase=p["phase"], space_fingerprint=c.space.fingerprint(), data_fingerprint=c.data.fingerprint,
         model=model, metric=METRIC, settings=settings, search_space=c.space.to_dict(),
         location={k: where[k] for k in ("dataset", "image_dir", "pretrained_file")},
+        test_split=c.objective.holdout.identity(),
     )
 
 
@@ -139,6 +144,27 @@ def check_resume(p: dict[str, Any], c: Checked) -> None:
         identity = {**identity, "objectives": list(c.strategy.objectives)}
     check_study_resume(study, identity, force=p["force"], directions=c.strategy.directions,
                        distributions=c.space.distributions)
+
+
+def holdout(p: dict[str, Any], data: ImageData) -> HeldOut:
+    """The untouched test split of `data` under `p` (test_fraction, test_seed): drawn before
+    and apart from every train/validation split. The final phase scores on its `indices`
+    once; everything else trains and validates only on its `pool`."""
+    return held_out(data.labels.numpy(), data.classes, p["test_fraction"], p["test_seed"])
+
+
+def final_test_indices(p: dict[str, Any], data: ImageData):
+    """The test split's indices into `data` (empty when there is none): for the final phase only."""
+    return holdout(p, data).indices
+
+
+def baseline_warning(study: optuna.Study) -> str | None:
+    """Why the baseline trial looks under-trained for its epochs (its training loss still
+    falling steeply at the last epoch), or None (trained, or no baseline curve yet)."""
+    base = baseline_trial(study)
+    if base is not None and base.user_attrs.get(TRAIN_LOSS_ATTR):
+        return undertrained(base.user_attrs[TRAIN_LOSS_ATTR])
+    return None
 
 
 def baseline_params(space: SearchSpace, fixed: dict[str, Any]) -> dict[str, Any]:
@@ -200,6 +226,7 @@ def summarize(prep: Prepared, result: RunResult, baseline: float | None = None) 
         "best_value": best,
         "best_params": result.best_params,
         "baseline_value": base,
+        "baseline_check": baseline_warning(study),
         "gain": gain,
         "relative_gain": None if gain is None or not base else gain / base,
         "trials": states,
@@ -211,6 +238,7 @@ def summarize(prep: Prepared, result: RunResult, baseline: float | None = None) 
         "interrupted": result.interrupted,
         "dataset": P.absolute_paths(p)["dataset"],  # what was searched, absolute (or a built-in name)
         "data": describe(prep.data),
+        "test_split": {**prep.objective.holdout.identity(), "note": prep.objective.holdout.note},
         "sampler": describe_sampler(p["sampler"]),
         "pruner": describe_pruner(p["pruner"]),
         "search_space": prep.space.to_dict(),

@@ -29,14 +29,14 @@ from optuna.distributions import BaseDistribution
 from tunewise import __version__
 from tunewise.data.sources import DataSpec
 from tunewise.errors import ConfigError, did_you_mean
-from tunewise.records import HISTORY_KEY, IDENTITY_KEY, PARAMS_KEY
+from tunewise.records import HISTORY_KEY, IDENTITY_KEY, PARAMS_KEY, TEST_SPLIT_FIELD
 
 # Never recorded in the study: the storage URL may hold a password, and where the study
 # lives is what a joining worker is told, not what it reads.
 UNRECORDED_PARAMS = ("storage",)
 
 # Resuming with any of these changed mixes incomparable trials: refused unless forced.
-GUARDED_FIELDS = ("space_fingerprint", "data_fingerprint", "model", "metric", "direction", "settings", "search_space")
+GUARDED_FIELDS = ("space_fingerprint", "data_fingerprint", "model", "metric", "direction", "settings", "search_space", TEST_SPLIT_FIELD)
 # Identity fields holding a mapping, compared key by key (see _flat).
 NESTED_FIELDS = ("settings", "search_space", "location")
 # The data settings among "settings" (what a data fingerprint change is explained by).
@@ -57,6 +57,7 @@ def make_identity(
     settings: dict[str, Any] | None = None,
     search_space: dict[str, Any] | None = None,
     location: dict[str, Any] | None = None,
+    test_split: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The ``tunewise.identity`` dict for a study (open_study adds the tunewise version).
 
@@ -64,7 +65,8 @@ def make_identity(
     epochs and the other training settings not searched); ``search_space``: the space itself
     (its fingerprint alone cannot say what changed); ``location``: where the data lies
     (absolute paths: shown when the data changed, never refused on its own, since the
-    same files may sit elsewhere on another machine)."""
+    same files may sit elsewhere on another machine); ``test_split``: the held-out test
+    split's identity (splits.HeldOut.identity()), refused on change like the data."""
     identity = {
         "phase": phase,
         "space_fingerprint": space_fingerprint,
@@ -77,6 +79,8 @@ def make_identity(
     for key, value in (("settings", settings), ("search_space", search_space), ("location", location)):
         if value is not None:
             identity[key] = dict(value)
+    if test_split is not None:
+        identity[TEST_SPLIT_FIELD] = dict(test_split)
     return identity
 
 

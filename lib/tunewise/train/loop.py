@@ -27,7 +27,7 @@ from timm.scheduler import CosineLRScheduler
 from tunewise.data.batches import Augment, Batches
 from tunewise.data.cache import ImageData
 from tunewise.errors import ConfigError
-from tunewise.train.hparams import TrainConfig
+from tunewise.train.hparams import TrainConfig, crop_setting, warmup_steps
 from tunewise.train.models import build_model, model_norm
 
 FINITE_CHECK_EVERY = 20  # steps between loss checks: each check syncs the GPU once
@@ -144,18 +144,17 @@ def train_and_evaluate(
     batch_size = min(cfg.batch_size, len(train_idx))
     train_batches = Batches(
         images, labels, train_idx, batch_size, mean, std, shuffle=True, drop_last=True, generator=gen,
-        augment=Augment(cfg.hflip, cfg.crop), channels_last=on_cuda,
+        augment=Augment(cfg.hflip, *crop_setting(cfg)), channels_last=on_cuda,
     )
     val_batches = Batches(images, labels, val_idx, cfg.eval_batch_size, mean, std, channels_last=on_cuda)
 
     optimizer = create_optimizer_v2(model, opt=cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum)
     steps_per_epoch = len(train_batches)
     total_steps = cfg.epochs * steps_per_epoch
-    # At most half the run warms up: a 1-epoch trial with warmup_epochs 1 still decays.
-    warmup_steps = min(int(round(cfg.warmup_epochs * steps_per_epoch)), total_steps // 2)
+    warmup = warmup_steps(cfg, steps_per_epoch)  # scaled with the budget (hparams)
     scheduler = CosineLRScheduler(
-        optimizer, t_initial=max(total_steps - warmup_steps, 1), lr_min=cfg.lr * cfg.min_lr_ratio,
-        warmup_t=warmup_steps, warmup_lr_init=cfg.lr * 0.01, warmup_prefix=True, t_in_epochs=False,
+        optimizer, t_initial=max(total_steps - warmup, 1), lr_min=cfg.lr * cfg.min_lr_ratio,
+        warmup_t=warmup, warmup_lr_init=cfg.lr * 0.01, warmup_prefix=True, t_in_epochs=False,
     )
     mixup = None
     if cfg.mixup > 0 or cfg.cutmix > 0:
@@ -211,3 +210,28 @@ def train_and_evaluate(
             on_epoch(metrics)
     result.wall_s = time.perf_counter() - start
     return result
+
+
+# The last epoch's fall in training loss, against the run's mean fall per epoch: at this
+# share or more the loss was still falling at (about a third of) its usual pace when the budget
+# ran out, so the run was still learning. A run that has converged falls ~0 at the end.
+STEEP_LAST_EPOCH = 0.3
+
+
+def undertrained(losses: list[float], epochs: int | None = None) -> str | None:
+    """Why a run with these per-epoch training losses looks under-trained for its epochs,
+    or None. Judged by the last epoch's fall against the mean fall per epoch (first epoch's
+    mean to the last's), so the loss's scale does not matter; 3 epochs at least (with 2 the
+    last epoch is the whole fall)."""
+    losses = [float(x) for x in losses]
+    if len(losses) < 3 or not all(math.isfinite(x) for x in losses):
+        return None
+    pace = (losses[0] - losses[-1]) / (len(losses) - 1)
+    last = losses[-2] - losses[-1]
+    if pace <= 0 or last / pace < STEEP_LAST_EPOCH:
+        return None
+    n = epochs or len(losses)
+    return (f"the training loss was still falling steeply at the last epoch ({losses[-2]:.3f} -> {losses[-1]:.3f}, "
+            f"{last / pace:.0%} of its mean fall per epoch since {losses[0]:.3f}): {n} epochs look too few for these "
+            "settings, so the baseline is under-trained and the gain of tuning would be overstated; "
+            "give it more epochs (or a higher lr) before tuning")

@@ -22,8 +22,11 @@ from tunewise.errors import ConfigError
 from tunewise.records import EPOCHS_RUN_KEY, FAIL_REASON_KEY, PRUNE_REASON_KEY
 from tunewise.train.hparams import TrainConfig
 from tunewise.train.models import build_model, check_model_name, check_pretrained_file, check_weights_match
-from tunewise.data.splits import train_val_split
+from tunewise.data.splits import HeldOut, train_val_split
 from tunewise.train.loop import EpochMetrics, NonFiniteLoss, resolve_device, train_and_evaluate
+
+
+TRAIN_LOSS_ATTR = "train_loss"  # trial user attr: mean training loss of each epoch, in order
 
 
 class TrialFailed(Exception):
@@ -47,13 +50,17 @@ class Objective:
         *,
         val_fraction: float = 0.2,
         split_seed: int = 42,
+        holdout: HeldOut | None = None,
         device: str = "auto",
     ):
         self.data = data
         self.space = space
         self.fixed = dict(fixed or {})
         self.device = resolve_device(device)
-        self.train_idx, self.val_idx = train_val_split(data.labels.numpy(), data.classes, val_fraction, split_seed)
+        # The train/validation split is drawn from what the test split left: no trial sees a test image.
+        self.holdout = holdout
+        pool = holdout.pool if holdout is not None else None
+        self.train_idx, self.val_idx = train_val_split(data.labels.numpy(), data.classes, val_fraction, split_seed, pool=pool)
         self.base = self.settings({})  # checks the fixed settings before any trial runs
         self._check_space()
         for model in self._models():
@@ -114,7 +121,11 @@ class Objective:
         params = self.space.sample(trial) if self.space is not None else {}
         cfg = self.settings(params)
 
+        losses: list[float] = []
+
         def report(m: EpochMetrics) -> None:
+            losses.append(round(m.train_loss, 5))
+            trial.set_user_attr(TRAIN_LOSS_ATTR, losses)  # the pre-flight reads the baseline's curve
             trial.set_user_attr("accuracy", m.accuracy)
             trial.set_user_attr(EPOCHS_RUN_KEY, m.epoch)
             self.report(trial, m)
