@@ -16,7 +16,7 @@ from tunewise.train.hparams import TrainConfig
 
 # Study and data settings (the training settings are TrainConfig's fields, also top level).
 STUDY_DEFAULTS: dict[str, Any] = {
-    "phase": "quick",  # quick | focused | validate | postmortem (recorded with the study)
+    "phase": "quick",  # quick | focused | validate | final | postmortem (recorded with the study)
     "study_name": "tunewise",  # same name again resumes the study
     "storage": None,  # None: a journal file in the run folder; or an Optuna storage URL
     "run_dir": "runs/tunewise",  # where the journal, reports and summaries go
@@ -52,6 +52,9 @@ PHASE_DEFAULTS: dict[str, Any] = {
     "warm_start_n": 5,  # focused: best earlier trials enqueued first
     "folds": 0,  # validate: k stratified folds per seed (0: one split per seed)
     "params_out": "final.yaml",  # validate: winning configuration, written in the run folder
+    "final_params": "",  # final: the params file to train ("": params_out in the run folder)
+    "final_folds": 0,  # final: also a k-fold ensemble of k models on k-1 folds each (0: single model only)
+    "predict_images": "",  # final: a folder or CSV of images to predict with the exported model ("": none)
     "studies": [],  # postmortem: study names to analyse ([] : every study in the storage)
     "interactive": True,  # widgets and live charts (tunewise run sets false)
     "warm_start_from": [],  # start from the best trials of these studies ([auto]: same dataset, [family]: same model family)
@@ -68,7 +71,7 @@ DEFAULTS: dict[str, Any] = {
     **PHASE_DEFAULTS,
 }
 
-PHASES = ("quick", "focused", "validate", "postmortem")
+PHASES = ("quick", "focused", "validate", "final", "postmortem")
 
 # The seed's wide space for the quick phase (lr, batch size, weight decay, dropout).
 SEED_SPACE: dict[str, Any] = {
@@ -137,6 +140,10 @@ def check_values(p: dict[str, Any]) -> None:
     need(isinstance(p["margin"], (int, float)) and 0 <= p["margin"] <= 1, "margin", "a share in [0, 1]")
     need(is_int(p["warm_start_n"]) and p["warm_start_n"] >= 0, "warm_start_n", "an integer >= 0")
     need(is_int(p["folds"]) and (p["folds"] == 0 or p["folds"] >= 2), "folds", "0 (one split per seed) or an integer >= 2")
+    need(is_int(p["final_folds"]) and (p["final_folds"] == 0 or p["final_folds"] >= 2), "final_folds",
+         "0 (a single model) or an integer >= 2 (a k-fold ensemble besides it)")
+    need(isinstance(p["final_params"], str), "final_params", "a params file path, or \"\" for params_out in the run folder")
+    need(isinstance(p["predict_images"], str), "predict_images", "a folder or CSV of images, or \"\" for none")
     need(isinstance(p["studies"], list) and all(isinstance(x, str) for x in p["studies"]), "studies", "a list of study names")
     need(isinstance(p["warm_start_from"], list) and all(isinstance(x, str) for x in p["warm_start_from"]),
          "warm_start_from", "a list of study names, [auto] for the studies on the same dataset, [family] for the same model family")

@@ -65,6 +65,10 @@ def precheck(phase: str, p: dict[str, Any]) -> None:
         from tunewise.phases.tuning import check
 
         check(p)
+    if phase == "final":
+        from tunewise.phases.final import check as check_final
+
+        check_final(p)  # the params file to train exists and holds valid parameters
     if phase in ("quick", "focused") and p["workers"] > 1:
         from tunewise.study.workers import plan_workers
 
@@ -161,7 +165,8 @@ def run_phase(phase: str, p: dict[str, Any], *, log_output: bool = False, progre
 
 def pipeline(file: str | Path | None, overrides: dict[str, Any], out: Path, *, progress: bool = False) -> list[PhaseRun]:
     """quick, then focused (whose notebook shows the gate and skips its search when the
-    quick gain was not worth it), then validate, then post-mortem; one run folder with
+    quick gain was not worth it), then validate, then final (the winner retrained, exported
+    and scored once on the test split), then post-mortem; one run folder with
     a sub-folder per phase, one shared study storage, and an index page."""
     out = Path(out)
     storage = overrides.get("storage") or str(out / "study.journal")
@@ -173,6 +178,8 @@ def pipeline(file: str | Path | None, overrides: dict[str, Any], out: Path, *, p
         "quick": {},
         "focused": {"source_study": names["quick"]},
         "validate": {"source_study": ""},  # the latest study with complete trials
+        # validation's params file, written in its run folder
+        "final": {"final_params": str(out / "validate" / P.resolve(file, overrides)["params_out"])},
         "postmortem": {"studies": []},  # every study in the storage
     }
     runs: list[PhaseRun] = []
@@ -181,7 +188,8 @@ def pipeline(file: str | Path | None, overrides: dict[str, Any], out: Path, *, p
         for ph in P.PHASES
     ]
     for phase, p in zip(P.PHASES, all_params):
-        precheck(phase, p)  # every phase's input checked before the first one runs
+        if phase != "final":  # final's input is the params file validate is about to write
+            precheck(phase, p)  # every phase's input checked before the first one runs
     for phase, p in zip(P.PHASES, all_params):
         run = run_phase(phase, p, progress=progress)
         runs.append(run)
