@@ -263,3 +263,15 @@ def test_final_without_a_params_file_is_refused_before_a_kernel_starts(tmp_path,
     code = main(["run", "final", "--out", str(tmp_path / "run")])
     assert code == 2
     assert "final_params: " in capsys.readouterr().err and not (tmp_path / "run" / "final.ipynb").exists()
+
+
+def test_scoring_a_different_model_is_named_a_second_look_at_the_test_split():
+    class Scored:  # only the weights' hash matters to the ledger
+        weights_sha256 = "b" * 64
+
+    earlier = [{"at": "2026-12-01T10:00:00+00:00", "weights_sha256": "a" * 64, "macro_f1": 0.9}]
+    entry = F._ledger_entry(Scored(), earlier)
+    assert entry["status"] == "different model"
+    assert "DIFFERENT model (weights bbbbbbbbbbbb)" in entry["message"] and "aaaaaaaaaaaa" in entry["message"]
+    assert "look number 2" in entry["message"] and "no longer unbiased" in entry["message"]
+    assert F._ledger_entry(Scored(), [])["status"] == "first"
