@@ -275,3 +275,15 @@ def test_scoring_a_different_model_is_named_a_second_look_at_the_test_split():
     assert "DIFFERENT model (weights bbbbbbbbbbbb)" in entry["message"] and "aaaaaaaaaaaa" in entry["message"]
     assert "look number 2" in entry["message"] and "no longer unbiased" in entry["message"]
     assert F._ledger_entry(Scored(), [])["status"] == "first"
+
+
+def test_final_in_validates_own_folder_keeps_the_validation_summary_it_replaced(tmp_path):
+    import yaml
+
+    p = P.resolve(overrides={"run_dir": str(tmp_path), "phase": "final"})
+    (tmp_path / "final.yaml").write_text(yaml.safe_dump({"epochs": 1, "lr": 0.003}))
+    validation = {"phase": "validate", "source_study": "s", "baseline_settings": P.train_settings(p)}
+    (tmp_path / "summary.json").write_text(json.dumps({"phase": "final", "validation_summary": validation}))
+    recipe = F.load_recipe(p)
+    assert recipe.values["lr"] == 0.003 and recipe.validation == validation
+    assert recipe.baseline == P.train_settings(p)

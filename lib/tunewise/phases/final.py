@@ -146,6 +146,9 @@ def _validation_summary(folder: Path) -> dict[str, Any] | None:
                 continue
             if s.get("phase") == "validate":
                 return s
+            # final run in validate's own folder replaced its summary.json: it kept a copy
+            if s.get("phase") == "final" and s.get("validation_summary"):
+                return s["validation_summary"]
     return None
 
 
@@ -405,4 +408,5 @@ def summary(p: Mapping[str, Any], r: FinalResult) -> dict[str, Any]:
         "model_dir": str(r.model_dir), "ensemble_dirs": [str(d) for d in r.ensemble_dirs],
         "weights_sha256": r.weights_sha256, "ledger": r.ledger, "notes": r.notes,
         "training_settings": r.recipe.train_settings, "wall_s": round(r.wall_s, 2), "tunewise_version": __version__,
+        "validation_summary": r.recipe.validation,  # what the recipe came with, for a re-run in the same folder
     }
