@@ -1,9 +1,11 @@
 """The `tunewise` command.
 
     tunewise run PHASE [--params FILE] [--set KEY=VALUE ...] [--out DIR]
-        execute a phase notebook (quick, focused, validate, postmortem) headless
+        execute a phase notebook (quick, focused, validate, final, postmortem) headless
     tunewise pipeline [--params FILE] [--set ...] [--out DIR]
-        quick, focused (if the gate says so), validate, post-mortem, with an index page
+        quick, focused (if the gate says so), validate, final, post-mortem, with an index page
+    tunewise predict MODEL_DIR [MODEL_DIR ...] --images DIR|CSV [--tta] [--out predictions.csv]
+        predict with exported model folder(s) (several: an ensemble, probabilities averaged)
     tunewise demo [--out DIR]     the pipeline on the built-in digits, a CPU preset
     tunewise tune [--params FILE] [--set ...] [--out DIR]
         run or resume a study through the library alone (no notebook)
@@ -65,7 +67,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("phase", choices=PHASES)
     _common(run)
     _workers(run)
-    pipe = sub.add_parser("pipeline", help="quick, focused, validate and post-mortem into one run folder")
+    pipe = sub.add_parser("pipeline", help="quick, focused, validate, final and post-mortem into one run folder")
     _common(pipe)
     _workers(pipe)
     _common(sub.add_parser("demo", help="the pipeline on the built-in digits (CPU preset)"), with_params=False)
@@ -91,6 +93,17 @@ def _parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("repair", help="salvage every readable record of a broken journal file into a new one")
     rep.add_argument("journal", help="the journal file (e.g. runs/mine/study.journal); the original is kept beside it")
     rep.add_argument("--traceback", action="store_true", default=argparse.SUPPRESS, help="show the full traceback of an error")
+    pred = sub.add_parser("predict", help="predict images with exported model folder(s); several: an ensemble")
+    pred.add_argument("model_dirs", nargs="+", metavar="MODEL_DIR", help="folder(s) the final phase exported")
+    pred.add_argument("--images", required=True, metavar="DIR|CSV",
+                      help="a folder of images, or a CSV of ids (rows come out in its order, as a sample submission)")
+    pred.add_argument("--image-dir", help="CSV only: the folder holding the images (default: the CSV's folder)")
+    pred.add_argument("--id-column", default="id", help="CSV only: the id column (default: id, else the first column)")
+    pred.add_argument("--tta", action="store_true", help="average with the horizontally flipped image")
+    pred.add_argument("--out", default="predictions.csv", help="the CSV to write (default: predictions.csv)")
+    pred.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    pred.add_argument("--batch-size", type=int, default=256, help="images per forward pass")
+    pred.add_argument("--traceback", action="store_true", default=argparse.SUPPRESS, help="show the full traceback of an error")
     adv = sub.add_parser("advise", help="is tuning worth it here? the seed's verdict from what is known")
     _common(adv)
     adv.add_argument("--baseline", type=float, help="macro-F1 of the default settings (default: from the study, if it ran)")
@@ -125,6 +138,19 @@ def _advise(args, overrides: dict) -> int:
     if args.hours is not None:
         s.hours = args.hours
     print(advise(s).text())
+    return 0
+
+
+def _predict(args) -> int:
+    from tunewise.phases.predict import predict
+
+    if args.batch_size < 1:
+        from tunewise.errors import ConfigError
+
+        raise ConfigError(f"--batch-size: {args.batch_size} is not allowed; allowed: an integer >= 1")
+    result = predict(args.model_dirs, args.images, tta=args.tta, out=args.out, device=args.device,
+                     batch_size=args.batch_size, image_dir=args.image_dir, id_column=args.id_column)
+    print(f"{len(result)} predictions from {len(args.model_dirs)} model(s){' with flip TTA' if args.tta else ''}: {args.out}")
     return 0
 
 
@@ -224,6 +250,8 @@ def _run(args) -> int:
 
         print(repair(args.journal).text())
         return 0
+    if args.command == "predict":
+        return _predict(args)
     overrides = _overrides(args)
     if args.command == "worker":
         return _worker(args, overrides)

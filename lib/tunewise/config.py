@@ -27,7 +27,7 @@ from tunewise.train.hparams import TrainConfig
 from tunewise.train.objective_names import check_objectives
 from tunewise.data.splits import check_test_fraction
 
-PHASES = ("quick", "focused", "validate", "postmortem")
+PHASES = ("quick", "focused", "validate", "final", "postmortem")
 FOCUS_MODES = ("warm_start", "resume")
 
 # Parameters holding a file or folder: recorded absolute (study record, final.yaml), so a
@@ -85,7 +85,7 @@ class SplitSettings:
 class StudySettings:
     """One study: its name and storage, its budget, how it searches and when it stops."""
 
-    phase: str = "quick"  # quick | focused | validate | postmortem (recorded with the study)
+    phase: str = "quick"  # quick | focused | validate | final | postmortem (recorded with the study)
     study_name: str = "tunewise"  # same name again resumes the study
     storage: str | None = None  # None: a journal file in the run folder; or an Optuna storage URL
     run_dir: str = "runs/tunewise"  # where the journal, reports and summaries go
@@ -142,6 +142,9 @@ class PhaseSettings:
     seeds: list = field(default_factory=lambda: [42, 777, 2024])  # validation phase: seeds to retrain with
     folds: int = 0  # validate: k stratified folds per seed (0: one split per seed)
     params_out: str = "final.yaml"  # validate: winning configuration, written in the run folder
+    final_params: str = ""  # final: the params file to train ("": params_out in the run folder)
+    final_folds: int = 0  # final: also a k-fold ensemble of k models on k-1 folds each (0: single model only)
+    predict_images: str = ""  # final: a folder or CSV of images to predict with the exported model ("": none)
     studies: list = field(default_factory=list)  # postmortem: study names to analyse ([] : every study in the storage)
     interactive: bool = True  # widgets and live charts (tunewise run sets false)
     warm_start_from: list = field(default_factory=list)  # start from the best trials of these studies ([auto]: same dataset, [family]: same model family)
@@ -169,6 +172,10 @@ class PhaseSettings:
         c.need(is_number(self.max_latency_ms) and self.max_latency_ms >= 0, "max_latency_ms",
                "milliseconds per image >= 0 (0: no limit)")
         c.need(is_int(self.max_params) and self.max_params >= 0, "max_params", "an integer >= 0 (0: no limit)")
+        c.need(is_int(self.final_folds) and (self.final_folds == 0 or self.final_folds >= 2), "final_folds",
+               "0 (a single model) or an integer >= 2 (a k-fold ensemble besides it)")
+        c.need(isinstance(self.final_params, str), "final_params", "a params file path, or \"\" for params_out in the run folder")
+        c.need(isinstance(self.predict_images, str), "predict_images", "a folder or CSV of images, or \"\" for none")
         for flag in ("always_run", "interactive", "new_study"):
             c.need(isinstance(getattr(self, flag), bool), flag, "true or false")
         return c.errors

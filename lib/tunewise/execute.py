@@ -90,6 +90,10 @@ def precheck(phase: str, p: dict[str, Any]) -> None:
         if phase == "quick":
             # The focused study searches a space narrowed in its kernel: checked there.
             check_resume(p, checked)
+    if phase == "final":
+        from tunewise.phases.final import check as check_final
+
+        check_final(p)  # the params file to train exists and holds valid parameters
     if phase in ("quick", "focused") and p["workers"] > 1:
         from tunewise.study.workers import plan_workers
 
@@ -273,7 +277,8 @@ def _has_error(notebook: Path) -> bool:
 
 def pipeline(file: str | Path | None, overrides: dict[str, Any], out: Path, *, progress: bool = False) -> list[PhaseRun]:
     """quick, then focused (whose notebook shows the gate and skips its search when the
-    quick gain was not worth it), then validate, then post-mortem; one run folder with
+    quick gain was not worth it), then validate, then final (the winner retrained, exported
+    and scored once on the test split), then post-mortem; one run folder with
     a sub-folder per phase, one shared study storage, and an index page."""
     out = Path(out)
     from tunewise.study.storage import JOURNAL_NAME
@@ -287,6 +292,8 @@ def pipeline(file: str | Path | None, overrides: dict[str, Any], out: Path, *, p
         "quick": {},
         "focused": {"source_study": names["quick"]},
         "validate": {"source_study": ""},  # the latest study with complete trials
+        # validation's params file, written in its run folder
+        "final": {"final_params": str(out / "validate" / P.resolve(file, overrides)["params_out"])},
         "postmortem": {"studies": []},  # every study in the storage
     }
     runs: list[PhaseRun] = []
@@ -297,7 +304,8 @@ def pipeline(file: str | Path | None, overrides: dict[str, Any], out: Path, *, p
         all_params.append(phase_params(ph, file, {**overrides, **per_phase[ph], "study_name": names[ph],
                                                   "run_dir": str(out / ph), "storage": storage}, inherited))
     for phase, p in zip(P.PHASES, all_params):
-        precheck(phase, p)  # every phase's input checked before the first one runs
+        if phase != "final":  # final's input is the params file validate is about to write
+            precheck(phase, p)  # every phase's input checked before the first one runs
     for phase, p in zip(P.PHASES, all_params):
         run = run_phase(phase, p, progress=progress)
         runs.append(run)

@@ -451,12 +451,24 @@ def record_validation(p: dict[str, Any], source: optuna.Study, v: Validation, co
         "split_seeds": v.split_seeds, "training_seeds": v.train_seeds, "tuning_seeds_avoided": v.avoided,
         "configs": configs, "table": v.table(), "comparison": comparison.to_dict(), "noise_std": noise,
         "optimism": gaps, "winner": winner_name, "params_file": str(path), "wall_s": round(v.wall_s, 2),
+        # what the final phase trains the baseline recipe with, and the trial the winner came from
+        "baseline_settings": P.train_settings(p), "best_trial": _best_trial(source, configs.get("best")),
         "headline": f"{comparison.verdict}: best {means['best']:.4f} vs baseline {means['baseline']:.4f} "
                     f"over {len(v.seeds)} seeds (noise {noise:.4f}; {comparison.test}); winner {winner_name}"
                     + ("" if best_gap is None else f"; optimism of the search {best_gap:+.4f}"),
     }
     write_summary(p, summary)
     return summary
+
+
+def _best_trial(study: optuna.Study, params: dict[str, Any] | None) -> int | None:
+    """The number of the study's best complete trial with these parameters."""
+    if params is None:
+        return None
+    for t in best_complete(study.get_trials(deepcopy=False), study.direction.name.lower()):
+        if t.params == params:
+            return t.number
+    return None
 
 
 # ---- post-mortem ------------------------------------------------------------------------
@@ -574,3 +586,65 @@ def postmortem_summary(p: dict[str, Any], studies: list[optuna.Study]) -> dict[s
     }
     write_summary(p, summary)
     return summary
+
+
+# ---- final phase ------------------------------------------------------------------------
+
+def run_final(p: dict[str, Any]):
+    """Retrain the validated winner (and the baseline, and the k-fold ensemble), export it,
+    score it once on the test split (phases/final.py)."""
+    from tunewise.phases.final import run_final as train_final
+
+    return train_final(p)
+
+
+def show_final(r) -> HTML:
+    """The test scores next to the study's best and the validation mean, the per-class F1
+    table, which model was scored, and a confusion matrix of the single model."""
+    from tunewise.phases.final import summary as final_summary
+    from tunewise.report import charts
+
+    s = final_summary({"phase": "final", "final_folds": len(r.ensemble_dirs)}, r)
+    notes = "".join(f"<p><i>{html.escape(n)}</i></p>" for n in r.notes)
+    if not r.scores:
+        return HTML(f"<p><b>No test score.</b> {html.escape(r.test.note)}</p>{notes}"
+                    f"<p>Exported: {html.escape(', '.join(map(str, r.model_dirs)))}</p>")
+    rows = [{"": "study's best (the split it was picked on)", "macro-F1": s["study_best"], "accuracy": None},
+            {"": "validation mean (fresh splits)", "macro-F1": s["validation_mean"], "accuracy": None}]
+    if r.oof_f1 is not None:
+        rows.append({"": f"{len(r.ensemble_dirs)}-fold out-of-fold (non-test images)", "macro-F1": r.oof_f1, "accuracy": None})
+    rows += [{"": f"test: {x.name}", "macro-F1": x.f1, "accuracy": x.accuracy} for x in r.scores.values()]
+    per_class = [{"class": c, **{x.name: x.per_class_f1[i] for x in r.scores.values()}} for i, c in enumerate(r.classes)]
+    display(charts.confusion(r.scores["single"].confusion, r.classes, "Test split: single model"))
+    ledger = r.ledger.get("message", "")
+    warn = "color:#b00" if r.ledger.get("status") == "different model" else ""
+    return HTML(table(rows, "Scores: the search's figure, validation's, and the untouched test split").data
+                + (f"<p><b>What tuning bought on the test split:</b> {s['tuning_bought_on_test']:+.4f} macro-F1</p>"
+                   if s["tuning_bought_on_test"] is not None else "")
+                + f"<p style='{warn}'><b>Model scored:</b> {html.escape(ledger)}</p>" + notes
+                + table(per_class, "F1 per class on the test split").data
+                + f"<p>Exported (timm folders): {html.escape(', '.join(map(str, r.model_dirs)))}</p>")
+
+
+def record_final(p: dict[str, Any], r) -> dict[str, Any]:
+    from tunewise.phases.final import summary as final_summary
+
+    summary = final_summary(p, r)
+    write_summary(p, summary)
+    return summary
+
+
+def predict_images(p: dict[str, Any], r):
+    """Predict `predict_images` (a folder or CSV) with the exported model(s): every folder of
+    the ensemble when there is one, else the single model; predictions.csv in the run folder."""
+    if not p["predict_images"]:
+        return HTML("<p><i>predict_images is empty: nothing to predict. From a shell: "
+                    "<code>tunewise predict MODEL_DIR... --images DIR|CSV [--tta] --out predictions.csv</code></i></p>")
+    from tunewise.phases.predict import predict
+
+    dirs = r.ensemble_dirs or [r.model_dir]
+    out = Path(p["run_dir"]) / "predictions.csv"
+    tta = bool(r.recipe.values["hflip"])
+    rows = predict(dirs, p["predict_images"], tta=tta, out=out, device=p["device"])
+    display(table(rows.head(10).to_dict("records"), f"First predictions of {len(rows)} (written to {out})"))
+    return rows

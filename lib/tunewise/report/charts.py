@@ -436,3 +436,14 @@ def _bins(values, axis_type: str | None) -> tuple[np.ndarray, list]:
     index = np.clip(np.searchsorted(edges, v, side="right") - 1, 0, CONTOUR_BINS - 1)
     centers = (edges[:-1] + edges[1:]) / 2
     return index, list(10**centers if log else centers)
+
+
+def confusion(matrix, classes: list[str], title: str = "Confusion matrix") -> go.Figure:
+    """A confusion matrix as a plotly heatmap: rows the true class, columns the predicted one."""
+    z = np.asarray(matrix)
+    names = [str(c) for c in classes]
+    fig = go.Figure(go.Heatmap(z=z, x=names, y=names, colorscale="Blues", text=z, texttemplate="%{text}",
+                               hovertemplate="true %{y}, predicted %{x}: %{z}<extra></extra>"))
+    fig.update_layout(title=title, xaxis_title="predicted", yaxis_title="true", yaxis_autorange="reversed",
+                      xaxis_type="category", yaxis_type="category", width=520, height=480)
+    return fig

@@ -59,6 +59,7 @@ class TrainResult:
     data_s: float = 0.0  # making batches (gather, normalize, augment, mixup)
     eval_s: float = 0.0
     device: str = "cpu"
+    model: nn.Module | None = None  # the trained model, when asked for (keep_model=True)
 
     @property
     def best(self) -> EpochMetrics:
@@ -118,11 +119,14 @@ def train_and_evaluate(
     device: str | torch.device = "auto",
     on_epoch: Callable[[EpochMetrics], None] | None = None,
     time_data: bool = False,
+    keep_model: bool = False,
 ) -> TrainResult:
     """Train `cfg.model` on `train_idx`, evaluate on `val_idx` after every epoch.
 
     `on_epoch` may raise (optuna.TrialPruned) to stop early. On CPU the data time is
     always measured; on CUDA only with `time_data=True`, which syncs the GPU per step.
+    An empty `val_idx` trains without evaluating (the final model on every non-test image:
+    f1 and accuracy are then nan); `keep_model` returns the trained model in the result.
     """
     start = time.perf_counter()
     device = resolve_device(device)
@@ -200,7 +204,7 @@ def train_and_evaluate(
                 if not math.isfinite(loss_sum.item()):
                     raise NonFiniteLoss(epoch, step, loss_sum.item())
         t_eval = time.perf_counter()
-        f1, acc = evaluate(model, val_batches, data.num_classes, autocast)
+        f1, acc = evaluate(model, val_batches, data.num_classes, autocast) if len(val_idx) else (math.nan, math.nan)
         result.eval_s += time.perf_counter() - t_eval
         metrics = EpochMetrics(epoch, f1, acc, loss_sum.item() / max(steps_per_epoch, 1), time.perf_counter() - epoch_start)
         result.history.append(metrics)
@@ -209,6 +213,8 @@ def train_and_evaluate(
         if on_epoch is not None:
             on_epoch(metrics)
     result.wall_s = time.perf_counter() - start
+    if keep_model:
+        result.model = model.eval()
     return result
 
 
