@@ -11,6 +11,7 @@ import optuna
 import papermill as pm
 import pytest
 
+from tunewise import execute
 from tunewise import params as P
 from tunewise.cli import main
 from tunewise.study.storage import open_storage
@@ -19,8 +20,18 @@ ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 
 
+def phase_of(path: Path) -> str:
+    """1_quick.ipynb -> quick: the folder's names are the phases in pipeline order."""
+    return path.stem.split("_", 1)[1]
+
+
 def test_every_phase_has_a_notebook():
-    assert sorted(p.stem for p in NOTEBOOKS) == sorted(P.PHASES)
+    assert sorted(phase_of(p) for p in NOTEBOOKS) == sorted(P.PHASES)
+
+
+def test_the_folder_lists_the_notebooks_in_pipeline_order():
+    assert [phase_of(p) for p in NOTEBOOKS] == list(P.PHASES)  # what pytest and the file browser see
+    assert [p.name for p in NOTEBOOKS] == [execute.notebook_for(ph).name for ph in P.PHASES]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
@@ -43,7 +54,7 @@ def test_parameters_are_typed_commented_literals_matching_the_preset(path):
         assert name in P.DEFAULTS, f"{path.name}: parameter {name} is not a tunewise parameter"
         assert info["inferred_type_name"] != "None", f"{path.name}: {name} has no type hint"
         assert info["help"], f"{path.name}: {name} has no comment"
-    preset = P.resolve(ROOT / "params" / f"{path.stem}.yaml")
+    preset = P.resolve(ROOT / "params" / f"{phase_of(path)}.yaml")
     namespace: dict = {}
     exec(tagged[0].source, namespace)  # literals only: safe, and what papermill would run
     for name in inferred:
@@ -167,8 +178,8 @@ def test_postmortem_notebook_passes_nbval_with_its_defaults(tmp_path):
     import subprocess
     import sys
 
-    nb = tmp_path / "postmortem.ipynb"
-    shutil.copy(ROOT / "notebooks" / "postmortem.ipynb", nb)
+    nb = tmp_path / "4_postmortem.ipynb"
+    shutil.copy(ROOT / "notebooks" / "4_postmortem.ipynb", nb)
     storage = open_storage(None, tmp_path / "runs" / "tunewise")
     study = optuna.create_study(study_name="quick", storage=storage, direction="maximize")
     study.optimize(lambda t: 1 - (t.suggest_float("lr", 1e-4, 1e-1, log=True) - 0.01) ** 2 + t.suggest_float("dropout", 0, 0.3) / 10, n_trials=12)

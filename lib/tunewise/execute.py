@@ -26,6 +26,8 @@ from tunewise.atomic import write_text_atomic
 
 NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
 PRESETS = Path(__file__).resolve().parents[2] / "params"
+# The folder reads as the pipeline: each phase's notebook is numbered by its place in it.
+NOTEBOOK_FILES = {phase: f"{i}_{phase}.ipynb" for i, phase in enumerate(P.PHASES, start=1)}
 
 
 @dataclass
@@ -44,7 +46,7 @@ class PhaseRun:
 def notebook_for(phase: str) -> Path:
     if phase not in P.PHASES:
         raise ConfigError(f"phase: {phase!r} is not a phase; allowed: {', '.join(P.PHASES)}")
-    path = NOTEBOOKS / f"{phase}.ipynb"
+    path = NOTEBOOKS / NOTEBOOK_FILES[phase]
     if not path.is_file():
         raise ConfigError(f"phase: notebook {path} is missing from this install")
     return path
