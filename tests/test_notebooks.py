@@ -4,6 +4,8 @@ shows and that match the presets, and real headless runs through `tunewise run`.
 from __future__ import annotations
 
 import json
+import os
+import re
 from pathlib import Path
 
 import nbformat
@@ -183,7 +185,89 @@ def test_postmortem_notebook_passes_nbval_with_its_defaults(tmp_path):
     storage = open_storage(None, tmp_path / "runs" / "tunewise")
     study = optuna.create_study(study_name="quick", storage=storage, direction="maximize")
     study.optimize(lambda t: 1 - (t.suggest_float("lr", 1e-4, 1e-1, log=True) - 0.01) ** 2 + t.suggest_float("dropout", 0, 0.3) / 10, n_trials=12)
+    env = {k: v for k, v in os.environ.items() if k != "TUNEWISE_RUN_DIR"}  # its own runs/tunewise, as committed
     proc = subprocess.run([sys.executable, "-m", "pytest", "--nbval-lax", "-p", "no:cacheprovider", "-q", str(nb)],
-                          capture_output=True, text=True, cwd=tmp_path, timeout=300)
+                          capture_output=True, text=True, cwd=tmp_path, timeout=300, env=env)
     assert proc.returncode == 0, proc.stdout[-2000:]
     assert " passed" in proc.stdout and "failed" not in proc.stdout
+
+
+# --- parameters cells and errors in a kernel, as JupyterLab runs them -------------------
+
+
+@pytest.fixture
+def shell():
+    """An IPython shell like JupyterLab's kernel (history kept: `_ih` holds the cells run),
+    cleared afterwards so other tests see no IPython."""
+    from IPython.core.interactiveshell import InteractiveShell
+
+    sh = InteractiveShell.instance()
+    yield lambda source: sh.run_cell(source, store_history=True)
+    InteractiveShell.clear_instance()
+
+
+def _parameters_cell(path: Path) -> str:
+    nb = nbformat.read(path, as_version=4)
+    return next(c.source for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+
+
+def _plain(text: str) -> str:
+    return re.sub(r"\x1b\[[0-9;]*m", "", text)  # without IPython's colours
+
+
+RESOLVE_CELL = "import tunewise.notebook as tw\np = tw.resolve(globals())"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_interactive_resolution_records_the_notebooks_own_phase(path, shell):
+    """Run cell by cell in JupyterLab (no papermill), each notebook resolves to its phase."""
+    assert shell(_parameters_cell(path)).success
+    result = shell(RESOLVE_CELL)
+    assert result.success, result.error_in_exec
+    assert shell("p['phase']").result == phase_of(path)
+
+
+def test_a_typo_in_the_parameters_cell_is_an_error_with_a_suggestion(shell, capsys):
+    shell(_parameters_cell(NOTEBOOKS[0]) + "\nn_trail = 3")
+    result = shell(RESOLVE_CELL)
+    assert not result.success
+    out = _plain(capsys.readouterr().out)
+    assert "ConfigError: parameters cell: 'n_trail' is not a tunewise parameter (did you mean 'n_trials'?)" in out
+    assert "Traceback" not in out and "notebook.py" not in out  # the CLI's one line, not a traceback
+    assert "%tb" in out
+    shell("%tb")  # the traceback on request
+    assert "notebook.py" in _plain(capsys.readouterr().out)
+    # fixed and run again: resolves (the earlier typo in the history no longer counts)
+    shell(_parameters_cell(NOTEBOOKS[0]))
+    assert shell(RESOLVE_CELL).success
+
+
+def test_other_errors_keep_ipythons_traceback_and_tunewise_traceback_on_request(shell, capsys, monkeypatch):
+    shell("import tunewise.notebook as tw")
+    shell("def broken():\n    raise ValueError('not tunewise')\nbroken()")
+    out = _plain(capsys.readouterr().out)
+    assert "Traceback" in out and "broken()" in out and "ValueError" in out
+    monkeypatch.setenv("TUNEWISE_TRACEBACK", "1")
+    shell("tw.load_study({'storage': None, 'run_dir': '/nonexistent-tunewise'}, 'nope')")
+    out = _plain(capsys.readouterr().out)
+    assert "Traceback" in out and "ConfigError" in out and "notebook.py" in out
+
+
+def test_papermill_shows_a_parameters_cell_typo_as_one_line(tmp_path):
+    """A typo added to the parameters cell, run through papermill with every parameter
+    injected: the cell fails with the one-line message, and nothing was written."""
+    nb = nbformat.read(NOTEBOOKS[0], as_version=4)
+    cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+    cell.source += "\nn_trail = 3  # a typo"
+    src, out = tmp_path / "typo.ipynb", tmp_path / "out.ipynb"
+    nbformat.write(nb, src)
+    p = P.resolve(None, {"n_trials": 2, "epochs": 1, "run_dir": str(tmp_path / "run"), "interactive": False})
+    with pytest.raises(pm.PapermillExecutionError) as err:
+        pm.execute_notebook(str(src), str(out), parameters=p, kernel_name="python3", progress_bar=False)
+    assert err.value.ename == "ConfigError" and "did you mean 'n_trials'" in err.value.evalue
+    executed = nbformat.read(out, as_version=4)
+    [error] = [o for c in executed.cells for o in c.get("outputs", []) if o.output_type == "error"]
+    shown = _plain("\n".join(error.traceback))
+    assert "parameters cell: 'n_trail' is not a tunewise parameter (did you mean 'n_trials'?)" in shown
+    assert len(error.traceback) <= 2 and "notebook.py" not in shown
+    assert not (tmp_path / "run").exists()

@@ -7,7 +7,9 @@ live charts are skipped, static charts are drawn at the end instead.
 
 from __future__ import annotations
 
+import ast
 import html
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +25,7 @@ from tunewise.phases import postmortem, tuning
 from tunewise.phases.advice import Situation, advise
 from tunewise.atomic import write_json_atomic
 from tunewise.data.cache import describe
-from tunewise.errors import ConfigError, did_you_mean
+from tunewise.errors import ConfigError, TunewiseError, did_you_mean
 from tunewise.search.narrow import LINEAGE_ATTR, Narrowed, best_complete, narrow_space, warm_start
 from tunewise.search.space import SearchSpace
 from tunewise.study.stoprules import Verdict, should_continue_optimization
@@ -38,9 +40,81 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 ADVICE_ATTR = "tunewise.advice"  # the advisor's prediction, recorded when a study starts
 
 
+RUN_DIR_ENV = "TUNEWISE_RUN_DIR"  # where a notebook run in a kernel writes when run_dir is left at its default
+TRACEBACK_ENV = "TUNEWISE_TRACEBACK"  # 1: tunewise's errors in a cell show their full traceback
+
+
 def resolve(namespace: dict[str, Any]) -> dict[str, Any]:
-    """The notebook's parameters (its cell plus anything papermill injected), checked."""
-    return P.resolve(None, {k: namespace[k] for k in P.DEFAULTS if k in namespace})
+    """The notebook's parameters (its cell plus anything papermill injected), checked.
+
+    A name the parameters cell assigns that is not a parameter is an error naming the
+    closest one (`n_trail = 3` would otherwise be ignored). With $TUNEWISE_RUN_DIR set, a
+    notebook run in a kernel (JupyterLab, nbval) with run_dir left at its default writes
+    there instead (`tunewise run` always names its run folder)."""
+    install_error_display()
+    for source in parameters_cells(namespace.get("_ih") or []):
+        unknown = sorted(name for name in assigned_names(source) or () if name not in P.DEFAULTS)
+        if unknown:
+            raise ConfigError("\n".join(f"parameters cell: {name!r} is not a tunewise parameter{did_you_mean(name, P.DEFAULTS)}; "
+                                        "allowed: the names of params/*.yaml and --set" for name in unknown))
+    values = {k: namespace[k] for k in P.DEFAULTS if k in namespace}
+    if (os.environ.get(RUN_DIR_ENV) and values.get("interactive", P.DEFAULTS["interactive"])
+            and values.get("run_dir", P.DEFAULTS["run_dir"]) == P.DEFAULTS["run_dir"]):
+        values["run_dir"] = os.environ[RUN_DIR_ENV]
+    return P.resolve(None, values)
+
+
+def assigned_names(source: str) -> set[str] | None:
+    """The public names a cell assigns at top level (None: not Python, e.g. a magic)."""
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return None
+    names: set[str] = set()
+    for node in tree.body:
+        targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, (ast.AnnAssign, ast.AugAssign)) else []
+        for target in targets:
+            names |= {n.id for n in ast.walk(target) if isinstance(n, ast.Name) and not n.id.startswith("_")}
+    return names
+
+
+def parameters_cells(history: list[str]) -> list[str]:
+    """The cells that set this run's parameters, from the kernel's input history (IPython's
+    `_ih`, the current cell last): the ones run just before the current cell that assign a
+    parameter, i.e. the parameters cell and the cell papermill injects after it."""
+    cells = []
+    for source in reversed(history[:-1]):
+        names = assigned_names(source)
+        if not names or not names & set(P.DEFAULTS):
+            break
+        cells.append(source)
+    return cells
+
+
+def install_error_display() -> None:
+    """In a kernel, tunewise's own errors show as the CLI's one-line message (the cell is
+    still marked failed, so papermill and nbval stop there); `%tb` or $TUNEWISE_TRACEBACK=1
+    shows the traceback. Other exceptions keep IPython's usual display."""
+    from IPython import get_ipython
+
+    shell = get_ipython()
+    if shell is not None and TunewiseError not in shell.custom_exceptions:
+        shell.set_custom_exc((*shell.custom_exceptions, TunewiseError), _show_tunewise_error)
+
+
+def _show_tunewise_error(shell, etype, value, tb, tb_offset=None):
+    shell._get_exc_info((etype, value, tb))  # sys.last_*: what %tb and %debug read
+    if os.environ.get(TRACEBACK_ENV, "") not in ("", "0"):
+        shell.showtraceback((etype, value, tb), tb_offset=tb_offset)
+        return None
+    red, reset = "\x1b[0;31m", "\x1b[0m"
+    stb = [f"{red}{etype.__name__}{reset}: {value}",
+           f"(tunewise error: run %tb for the traceback, or set {TRACEBACK_ENV}=1)"]
+    shell._showtraceback(etype, value, stb)  # an error output: the cell counts as failed
+    return stb
+
+
+install_error_display()  # importing this module in a kernel is what every phase notebook does first
 
 
 def table(rows: list[dict[str, Any]], caption: str = "") -> HTML:
