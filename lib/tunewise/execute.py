@@ -20,6 +20,7 @@ from typing import Any
 import papermill as pm
 
 from tunewise import params as P
+from tunewise import units
 from tunewise.errors import ConfigError
 from tunewise.report.html import write_html
 from tunewise.atomic import write_text_atomic
@@ -201,12 +202,12 @@ def write_index(out: Path, runs: list[PhaseRun]) -> Path:
         status = "failed" if not r.ok else ("skipped search" if r.skipped else "done")
         link = f'<a href="{r.phase}/{r.phase}.html">{r.phase}</a>' if r.html else r.phase
         headline = html.escape(str(s.get("headline", "")))
-        rows.append(f"<tr><td>{link}</td><td>{status}</td><td>{headline}</td><td>{r.wall_s:.1f}</td></tr>")
+        rows.append(f"<tr><td>{link}</td><td>{status}</td><td>{headline}</td><td>{units.duration(r.wall_s)}</td></tr>")
     page = (
         "<!doctype html><html><head><meta charset='utf-8'><title>tunewise run</title>"
         "<style>body{font-family:sans-serif;margin:2em}td,th{padding:4px 12px;text-align:left}</style></head>"
         f"<body><h1>tunewise run: {html.escape(out.name)}</h1><table><tr><th>phase</th><th>status</th>"
-        f"<th>result</th><th>wall s</th></tr>{''.join(rows)}</table></body></html>"
+        f"<th>result</th><th>time</th></tr>{''.join(rows)}</table></body></html>"
     )
     return write_text_atomic(out / "index.html", page)
 

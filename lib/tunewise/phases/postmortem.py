@@ -24,6 +24,7 @@ import plotly.graph_objects as go
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
+from tunewise import units
 from tunewise.report.charts import metric_label, note
 from tunewise.study.runner import STOP_DETAILS_KEY, STOP_REASON_KEY
 from tunewise.study.identity import ELAPSED_KEY, FINISHED_STATES, IDENTITY_KEY
@@ -101,8 +102,11 @@ def roi_figure(study: optuna.Study) -> go.Figure:
     for fraction in ROI_FRACTIONS:
         hours = curve[_mark_key(fraction)]
         if hours is not None:
+            # The first mark's label left of its line, the later ones right of theirs: close
+            # marks (80% and 95% reached a trial apart) do not print over each other.
             fig.add_vline(x=hours * per_hour, line_dash="dash", line_color="#9467bd",
-                          annotation_text=f"{fraction:.0%} of the gain: {hours * per_hour:.2f} {unit}")
+                          annotation_text=f"{fraction:.0%} of the gain: {units.hours(hours)}",
+                          annotation_position="top left" if fraction == ROI_FRACTIONS[0] else "top right")
     return fig
 
 
@@ -234,7 +238,7 @@ _COLUMNS = {  # key: (header, format)
     "baseline": ("before (baseline)", "{:.4f}"),
     "best": ("after (best)", "{:.4f}"),
     "trials": ("trials", "{}"),
-    "time_h": ("time (h)", "{:.2f}"),
+    "time_h": ("time", units.hours),
     "gain": ("gain", "{:+.4f}"),
     "gain_pct": ("gain (%)", "{:+.1f}%"),
     "roi_per_h": ("ROI (gain per hour)", "{:+.4f}"),
@@ -256,6 +260,8 @@ def _cell(value: Any, key: str) -> str:
     if value is None:
         return "–"
     fmt = _COLUMNS.get(key, (key, "{}"))[1]
+    if callable(fmt):
+        return fmt(value)
     return fmt.format(value) if isinstance(value, (int, float)) else str(value)
 
 
@@ -292,8 +298,4 @@ def _hours(delta) -> float:
 
 
 def _duration(seconds: float) -> str:
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
+    return units.duration(seconds)
