@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import html
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from IPython.display import HTML, display
 from optuna.trial import TrialState
 
 from tunewise import params as P
+from tunewise import units
 from tunewise.study import objectives as MO
 from tunewise.phases import postmortem, tuning
 from tunewise.phases.advice import Situation, advise
@@ -117,20 +119,38 @@ def _show_tunewise_error(shell, etype, value, tb, tb_offset=None):
 install_error_display()  # importing this module in a kernel is what every phase notebook does first
 
 
+_NUMBER_CELL = "text-align:right;font-variant-numeric:tabular-nums"
+
+
 def table(rows: list[dict[str, Any]], caption: str = "") -> HTML:
+    """Rows as an HTML table: numbers right-aligned with 4 significant digits, text left,
+    mappings as "key value" pairs, None as a dash."""
     if not rows:
         return HTML(f"<p><i>{html.escape(caption)}: nothing to show</i></p>")
     cols = list(rows[0])
-    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in cols)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(r.get(c)))}</td>" for c in cols) + "</tr>" for r in rows)
+    head = "".join(f"<th style='text-align:left'>{html.escape(str(c))}</th>" for c in cols)
+    body = "".join("<tr>" + "".join(_td(r.get(c)) for c in cols) + "</tr>" for r in rows)
     cap = f"<caption style='text-align:left'><b>{html.escape(caption)}</b></caption>" if caption else ""
     return HTML(f"<table>{cap}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+
+
+def _td(v: Any) -> str:
+    style = _NUMBER_CELL if isinstance(v, (int, float)) and not isinstance(v, bool) else "text-align:left"
+    return f"<td style='{style}'>{html.escape(_fmt(v))}</td>"
 
 
 def _fmt(v: Any) -> str:
     if isinstance(v, float):
         return f"{v:.4g}"
-    return "" if v is None else str(v)
+    if isinstance(v, dict):
+        return ", ".join(f"{k} {_fmt(x)}" for k, x in v.items()) or "–"
+    if isinstance(v, (list, tuple)):
+        return ", ".join(_fmt(x) for x in v)
+    return "–" if v is None else str(v)
+
+
+def _score(v: float | None) -> str:
+    return "–" if v is None else f"{v:.4f}"
 
 
 def show_params(p: dict[str, Any], keys: list[str] | None = None) -> HTML:
@@ -152,8 +172,11 @@ def preflight(p: dict[str, Any]) -> HTML:
     data = tuning.load_images(P.data_spec(p), p["cache_dir"])
     info = describe(data)
     counts = info["class_counts"]
-    facts = (f"{info['n_images']} images in {info['classes']} classes ({min(counts.values())}-{max(counts.values())} per class), "
-             f"{info['img_size']} px, from {info['description']} (loaded from {data.origin}).")
+    low, high = min(counts.values()), max(counts.values())
+    per_class = f"{low} per class" if low == high else f"{low}-{high} per class"
+    source = re.sub(r" \(\d+ images, \d+ classes, \d+px\)$", "", info["description"])  # said just before
+    how = {"disk": "read from the decoded cache", "memory": "already in memory"}.get(data.origin, "decoded now")
+    facts = f"{info['n_images']} images in {info['classes']} classes ({per_class}) at {info['img_size']} px: {source}, {how}."
     advice = advise(situation(p))
     return HTML(f"<p><b>Pre-flight.</b> {html.escape(facts)}</p><p><b>Advice.</b> {html.escape(advice.text())}</p>")
 
@@ -185,26 +208,39 @@ def search(p: dict[str, Any], *, prep: tuning.Prepared | None = None, baseline: 
         display(HTML("<p><i>Multi-objective search: no live chart (it draws one score per trial); "
                      "the Pareto front is drawn when the search ends.</i></p>"))
     elif p["interactive"]:
-        from tunewise.report.charts import LiveChart
+        callbacks.append(live_chart(p, prep.study))
+    summary = tuning.tune(p, callbacks=callbacks, prep=prep, baseline=baseline)
+    for live in callbacks:
+        live(prep.study, None)  # the final state, also when no trial ran (a finished study)
+    return summary
 
-        live = LiveChart(p["n_trials"], title=f"{p['study_name']}: macro-F1 per trial")
-        live.display()
-        callbacks.append(live)
-    return tuning.tune(p, callbacks=callbacks, prep=prep, baseline=baseline)
+
+def live_chart(p: dict[str, Any], study: optuna.Study):
+    """The live chart and progress bar, shown with the study as it is now: a resumed or
+    finished study's trials are drawn at once, not after the next trial."""
+    from tunewise.report.charts import LiveChart
+
+    live = LiveChart(p["n_trials"], title=f"{p['study_name']}: macro-F1 per trial")
+    live.display()
+    live(study, None)
+    return live
 
 
 def show_result(summary: dict[str, Any]) -> HTML:
+    """The study's result: scores and gain, trials by state, the best parameters one per row."""
+    gain, rel = summary["gain"], summary["relative_gain"]
     rows = [
-        {"": "best macro-F1", "value": summary["best_value"]},
-        {"": "baseline (default settings)", "value": summary["baseline_value"]},
-        {"": "gain", "value": summary["gain"]},
-        {"": "relative gain", "value": None if summary["relative_gain"] is None else f"{summary['relative_gain']:+.2%}"},
-        {"": "finished trials", "value": f"{summary['n_finished']} {summary['trials']}"},
-        {"": "time spent (s)", "value": summary["elapsed_s"]},
+        {"": "best macro-F1", "value": _score(summary["best_value"])},
+        {"": "baseline (default settings)", "value": _score(summary["baseline_value"])},
+        {"": "gain over the baseline", "value": "–" if gain is None else f"{gain:+.4f}" + ("" if rel is None else f" ({rel:+.1%})")},
+        {"": "time spent", "value": units.duration(summary["elapsed_s"])},
         {"": "stopped", "value": f"{summary['stop_reason']}: {(summary['stop_details'] or {}).get('message', '')}"},
-        {"": "best parameters", "value": summary["best_params"]},
     ]
-    result = table(rows, f"Result of study {summary['study_name']}")
+    states = {state: n for state, n in summary["trials"].items() if n or state in ("complete", "pruned")}
+    params = [{"parameter": k, "best value": v} for k, v in (summary["best_params"] or {}).items()]
+    result = HTML(table(rows, f"Result of study {summary['study_name']}").data
+                  + table([states], f"{summary['n_finished']} finished trials, by state").data
+                  + table(params, "Best parameters").data)
     if not summary.get("workers"):
         return result
     workers = [{"worker": w["index"], "GPU": "cpu" if w["gpu"] is None else w["gpu"], "threads": w["threads"],
@@ -232,7 +268,25 @@ def verdict(study: optuna.Study, p: dict[str, Any]) -> HTML:
                     "(<code>best_under</code>) and validate it.</p>")
     v = should_continue_optimization(study, tuning.baseline_value(study), p["min_relative_gain"])
     word = "Worth another phase" if v.go else "Not worth another phase"
-    return HTML(f"<p><b>{word}.</b> {html.escape(v.reason)}</p>")
+    relation = advice_relation(study.user_attrs.get(ADVICE_ATTR), v.go)
+    return HTML(f"<p><b>{word}.</b> {html.escape(v.reason)}</p>" + (f"<p>{html.escape(relation)}</p>" if relation else ""))
+
+
+def advice_relation(advice: dict[str, Any] | None, go: bool) -> str:
+    """How the measured gate relates to the pre-flight advice, when the two disagree: the
+    advice is the seed's average for this kind of situation, before any trial; the gate is
+    this study's own measured gain (one split: validation then checks it against noise)."""
+    if not advice:
+        return ""
+    advised = advice.get("verdict") != "skip"
+    if advised == go:
+        return ""
+    if go:
+        return ("The pre-flight advice said not to tune: that is the seed's average for a situation like this one, "
+                "given before any trial. This gate is measured on this study's own trials, on one split; "
+                "the validation phase checks whether the gain holds across seeds.")
+    return ("The pre-flight advice expected tuning to pay (the seed's average for a situation like this one, before "
+            "any trial); measured on this study's own trials, it did not pay enough to go on.")
 
 
 def final_charts(study: optuna.Study) -> None:
@@ -294,6 +348,8 @@ def show_focus(f: Focus) -> HTML:
     text = f"<p><b>{word}.</b> {html.escape(f.verdict.reason)}</p>"
     if not f.go:
         return HTML(text + "<p>The focused search is skipped (set <code>always_run: true</code> to run it anyway).</p>")
+    relation = advice_relation(f.source.user_attrs.get(ADVICE_ATTR), f.verdict.go)
+    text += f"<p>{html.escape(relation)}</p>" if relation else ""
     if not f.verdict.go:
         text += "<p>Running anyway: <code>always_run</code> is set.</p>"
     rows = table(f.narrowed.table, f"Search space narrowed from {len(f.narrowed.top_numbers)} best trials of {f.source.study_name}")
@@ -397,8 +453,14 @@ def _progress(total: int, label: str):
 
 def show_validation(v: Validation, comparison) -> HTML:
     word = {"real gain": "A real gain", "real loss": "A real loss"}.get(comparison.verdict, "Within noise")
+    # How this relates to the gate: the search phases scored every trial on one split.
+    relation = {
+        "real gain": f"Retrained on {len(v.seeds)} seeds, the gain the search measured on one split holds.",
+        "real loss": f"Retrained on {len(v.seeds)} seeds, the tuned settings do worse: the search's gain was luck of its split.",
+    }.get(comparison.verdict, f"The search measured its gain on one split; retrained on {len(v.seeds)} seeds it is within "
+                              "the seed-to-seed noise, so the gate's go-ahead may have been luck of that split.")
     return HTML(table(v.table(), "macro-F1 per configuration and seed").data
-                + f"<p><b>{word}.</b> {html.escape(comparison.message)}</p>")
+                + f"<p><b>{word}.</b> {html.escape(comparison.message)}</p><p>{html.escape(relation)}</p>")
 
 
 def record_validation(p: dict[str, Any], source: optuna.Study, v: Validation, comparison, configs) -> dict[str, Any]:
@@ -458,7 +520,12 @@ def show_pareto(studies: list[optuna.Study], p: dict[str, Any]) -> None:
 
 
 def show_phase_table(studies: list[optuna.Study]) -> HTML:
-    return HTML("<p><b>The phases side by side</b> (the seed's case format)</p>" + postmortem.render_table(postmortem.phase_table(studies)))
+    rows = postmortem.phase_table(studies)
+    small = [r["study"] for r in rows if r["roi_per_h"] is not None
+             and (r["trials"] < FEW_TRIALS or (r["time_h"] or 0) * 3600 < SHORT_S)]
+    note = (f"<p><i>ROI (gain per hour) of {', '.join(map(html.escape, small))}: from fewer than {FEW_TRIALS} trials or "
+            f"under {units.duration(SHORT_S)}, too little to rate; read the gain, not the rate.</i></p>") if small else ""
+    return HTML("<p><b>The phases side by side</b> (the seed's case format)</p>" + postmortem.render_table(rows) + note)
 
 
 def show_stops_and_savings(studies: list[optuna.Study]) -> HTML:
@@ -484,10 +551,25 @@ def show_advice_vs_outcome(studies: list[optuna.Study]) -> HTML:
             "expected gain": a["expected_gain"] if a else "",
             "actual gain": None if rel is None else f"{rel:+.2%}",
             "trials": out["n_finished"],
-            "time (h)": hours,
-            "gain per hour": None if rel is None or not hours else f"{rel / hours:+.2%}",
+            "time": units.hours(hours, none="–"),
+            "gain per hour": per_hour(rel, hours, out["n_finished"]),
         })
     return table(rows, "Advice at the start, and what happened")
+
+
+FEW_TRIALS = 10  # fewer finished trials than this: rates and charts say little
+SHORT_S = 600  # a rate over less time than this is mostly noise and start-up cost
+
+
+def per_hour(relative_gain: float | None, hours: float | None, n_trials: int) -> str:
+    """Relative gain per hour with its basis, or why it is held back (a +134815% per hour
+    from 3 trials in 12 s says nothing)."""
+    if relative_gain is None or not hours:
+        return "–"
+    basis = f"{n_trials} trials in {units.hours(hours)}"
+    if n_trials < FEW_TRIALS or hours * 3600 < SHORT_S:
+        return f"not shown: {basis} is too little to rate"
+    return f"{relative_gain / hours:+.1%} per hour ({basis})"
 
 
 def show_warm_starts(studies: list[optuna.Study]) -> HTML:

@@ -151,6 +151,9 @@ def _savings_text(s: dict[str, Any]) -> str:
         return "No trial was pruned."
     if s["epochs_saved"] is None:
         return f"{s['n_pruned']} trials were pruned; no complete trial shows how long a full one runs."
+    if not s["epochs_saved"]:
+        full = f"{s['full_epochs']} epoch" + ("s" if s["full_epochs"] != 1 else "")
+        return f"{s['n_pruned']} trials were pruned, but only after running the {full} a complete trial runs: nothing saved."
     share = s["epochs_saved"] / (s["epochs_saved"] + s["epochs_run"])
     time = "" if s["time_saved_s"] is None else f", about {_duration(s['time_saved_s'])}"
     return (f"Pruning stopped {s['n_pruned']} trials early and saved {s['epochs_saved']} epochs "
