@@ -228,6 +228,8 @@ def live_chart(p: dict[str, Any], study: optuna.Study):
 
 def show_result(summary: dict[str, Any]) -> HTML:
     """The study's result: scores and gain, trials by state, the best parameters one per row."""
+    if summary.get("skipped"):
+        return show_headline(summary)
     gain, rel = summary["gain"], summary["relative_gain"]
     rows = [
         {"": "best macro-F1", "value": _score(summary["best_value"])},
@@ -299,6 +301,20 @@ def final_charts(study: optuna.Study) -> None:
         return
     charts.history(study).show()
     charts.importances(study).show()
+
+
+def show_headline(summary: dict[str, Any]) -> HTML:
+    """The phase's one-line result (what the run's index page shows), and its files."""
+    files = [f"{what}: <code>{html.escape(str(summary[key]))}</code>"
+             for key, what in (("params_file", "winning settings"),) if summary.get(key)]
+    return HTML(f"<p><b>{html.escape(str(summary.get('headline', '')))}</b></p>"
+                + "".join(f"<p>{f}</p>" for f in files))
+
+
+def save_summary(p: dict[str, Any], summary: dict[str, Any]) -> HTML:
+    """write_summary, said in words (a notebook's last cell)."""
+    path = write_summary(p, summary)
+    return HTML(f"<p>Summary saved to <code>{html.escape(str(path))}</code>.</p>")
 
 
 def write_summary(p: dict[str, Any], summary: dict[str, Any]) -> Path:
@@ -517,6 +533,35 @@ def show_pareto(studies: list[optuna.Study], p: dict[str, Any]) -> None:
         MO.pareto_figure(s).show()
         display(table(MO.pareto_rows(s), f"Pareto front of {s.study_name}"))
         display(HTML(f"<p><b>{html.escape(MO.answer(s, p['max_latency_ms'] or None, p['max_params'] or None))}</b></p>"))
+
+
+# The post-mortem's charts of one study, under its heading: (section, chart) in reading order.
+def _study_charts():
+    from tunewise.report import charts
+
+    return [
+        ("Optimization history, with the best so far", charts.history),
+        ("Gain against time: where 80% and 95% of the final gain were reached", postmortem.roi_figure),
+        ("Which parameters mattered", charts.importances),
+        (None, charts.contour_top2),
+        (None, charts.parallel_coordinate),
+        (None, charts.slices),
+        ("Learning curves: the score after each epoch (what the pruner judged)", charts.intermediate_values),
+        ("When each trial ran", charts.timeline),
+    ]
+
+
+def show_study_charts(studies: list[optuna.Study]) -> None:
+    """Every chart of each study, grouped under the study's name (not interleaved)."""
+    if not studies:
+        display(HTML("<p><i>No single-objective study to chart.</i></p>"))
+    for s in studies:
+        n = len(s.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+        display(HTML(f"<h2>Study {html.escape(s.study_name)}</h2><p>{n} complete trials of {len(s.trials)}.</p>"))
+        for section, draw in _study_charts():
+            if section:
+                display(HTML(f"<h4>{html.escape(section)}</h4>"))
+            draw(s).show()
 
 
 def show_phase_table(studies: list[optuna.Study]) -> HTML:
