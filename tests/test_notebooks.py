@@ -271,3 +271,31 @@ def test_papermill_shows_a_parameters_cell_typo_as_one_line(tmp_path):
     assert "parameters cell: 'n_trail' is not a tunewise parameter (did you mean 'n_trials'?)" in shown
     assert len(error.traceback) <= 2 and "notebook.py" not in shown
     assert not (tmp_path / "run").exists()
+
+
+def test_table_helper_formats_numbers_and_aligns_columns_by_their_content():
+    from tunewise import notebook as tw
+
+    page = tw.table([{"parameter": "lr", "value": 0.00314288089084011, "n": 3},
+                     {"parameter": "space", "value": {"lr": 1e-5, "batch_size": 32}, "n": None}], "t").data
+    assert "0.003143" in page and "0.00314288" not in page  # 4 significant digits
+    assert "lr 1e-05, batch_size 32" in page  # a mapping as pairs, not a dict's repr
+    assert "<td style='text-align:left'>0.003143</td>" in page  # a mixed column: left
+    assert "text-align:right;font-variant-numeric:tabular-nums'>3</td>" in page  # numbers only: right
+    assert ">–</td>" in page  # None
+
+
+def test_result_shows_trials_by_state_and_best_parameters_one_per_row():
+    from tunewise import notebook as tw
+
+    summary = {"study_name": "s", "best_value": 0.97222, "baseline_value": 0.9, "gain": 0.07222,
+               "relative_gain": 0.0802, "elapsed_s": 2400.0, "stop_reason": "budget",
+               "stop_details": {"message": "4 of 4 trials finished."}, "n_finished": 4,
+               "trials": {"complete": 3, "pruned": 1, "fail": 0, "running": 0, "waiting": 0},
+               "best_params": {"lr": 0.00314288089084011, "batch_size": 32}}
+    page = tw.show_result(summary).data
+    assert "{'complete'" not in page and "<th style='text-align:right'>complete</th><th style='text-align:right'>pruned</th>" in page
+    assert "<td style='text-align:left'>lr</td>" in page and "0.003143" in page and "0.0031428808" not in page
+    assert "+0.0722 (+8.0%)" in page and "40 min" in page and "0.9722" in page
+    skipped = tw.show_result({"skipped": True, "headline": "skipped: gain under 5%"}).data
+    assert "skipped: gain under 5%" in skipped

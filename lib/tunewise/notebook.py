@@ -123,19 +123,24 @@ _NUMBER_CELL = "text-align:right;font-variant-numeric:tabular-nums"
 
 
 def table(rows: list[dict[str, Any]], caption: str = "") -> HTML:
-    """Rows as an HTML table: numbers right-aligned with 4 significant digits, text left,
-    mappings as "key value" pairs, None as a dash."""
+    """Rows as an HTML table: numbers with 4 significant digits, mappings as "key value"
+    pairs, None as a dash; a column of numbers only is right-aligned, any other left."""
     if not rows:
         return HTML(f"<p><i>{html.escape(caption)}: nothing to show</i></p>")
     cols = list(rows[0])
-    head = "".join(f"<th style='text-align:left'>{html.escape(str(c))}</th>" for c in cols)
-    body = "".join("<tr>" + "".join(_td(r.get(c)) for c in cols) + "</tr>" for r in rows)
+    numeric = {c: all(_is_number(r.get(c)) for r in rows if r.get(c) is not None) for c in cols}
+    head = "".join(f"<th style='text-align:{'right' if numeric[c] else 'left'}'>{html.escape(str(c))}</th>" for c in cols)
+    body = "".join("<tr>" + "".join(_td(r.get(c), numeric[c]) for c in cols) + "</tr>" for r in rows)
     cap = f"<caption style='text-align:left'><b>{html.escape(caption)}</b></caption>" if caption else ""
     return HTML(f"<table>{cap}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
 
 
-def _td(v: Any) -> str:
-    style = _NUMBER_CELL if isinstance(v, (int, float)) and not isinstance(v, bool) else "text-align:left"
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _td(v: Any, numeric: bool) -> str:
+    style = _NUMBER_CELL if numeric else "text-align:left"
     return f"<td style='{style}'>{html.escape(_fmt(v))}</td>"
 
 
