@@ -388,7 +388,9 @@ def timeline(study: optuna.Study) -> go.Figure:
     if not study.get_trials(deepcopy=False):
         return note(title, "The study has no trials.")
     fig = ov.plot_timeline(study)
-    return fig.update_layout(title=title, xaxis_title="time", yaxis_title="trial")
+    fig.update_layout(title=title, xaxis_title="time", yaxis_title="trial")
+    integer_axis(fig.layout.yaxis, max(t.number for t in study.get_trials(deepcopy=False)))
+    return fig
 
 
 def _complete(study: optuna.Study) -> list[FrozenTrial]:
