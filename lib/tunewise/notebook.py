@@ -119,7 +119,9 @@ def _show_tunewise_error(shell, etype, value, tb, tb_offset=None):
 install_error_display()  # importing this module in a kernel is what every phase notebook does first
 
 
-_NUMBER_CELL = "text-align:right;font-variant-numeric:tabular-nums"
+# JupyterLab right-aligns every table cell; text reads better left, numbers right (digits in columns).
+_TABLE_STYLE = ("<style>table.tunewise-nb td,table.tunewise-nb th{text-align:left}"
+                "table.tunewise-nb td.num,table.tunewise-nb th.num{text-align:right;font-variant-numeric:tabular-nums}</style>")
 
 
 def table(rows: list[dict[str, Any]], caption: str = "") -> HTML:
@@ -129,19 +131,18 @@ def table(rows: list[dict[str, Any]], caption: str = "") -> HTML:
         return HTML(f"<p><i>{html.escape(caption)}: nothing to show</i></p>")
     cols = list(rows[0])
     numeric = {c: all(_is_number(r.get(c)) for r in rows if r.get(c) is not None) for c in cols}
-    head = "".join(f"<th style='text-align:{'right' if numeric[c] else 'left'}'>{html.escape(str(c))}</th>" for c in cols)
-    body = "".join("<tr>" + "".join(_td(r.get(c), numeric[c]) for c in cols) + "</tr>" for r in rows)
+    head = "".join(f"<th{_NUM if numeric[c] else ''}>{html.escape(str(c))}</th>" for c in cols)
+    body = "".join("<tr>" + "".join(f"<td{_NUM if numeric[c] else ''}>{html.escape(_fmt(r.get(c)))}</td>" for c in cols) + "</tr>"
+                   for r in rows)
     cap = f"<caption style='text-align:left'><b>{html.escape(caption)}</b></caption>" if caption else ""
-    return HTML(f"<table>{cap}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+    return HTML(f"{_TABLE_STYLE}<table class='tunewise-nb'>{cap}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+
+
+_NUM = " class='num'"
 
 
 def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
-def _td(v: Any, numeric: bool) -> str:
-    style = _NUMBER_CELL if numeric else "text-align:left"
-    return f"<td style='{style}'>{html.escape(_fmt(v))}</td>"
 
 
 def _fmt(v: Any) -> str:
