@@ -240,7 +240,10 @@ def show_result(summary: dict[str, Any]) -> HTML:
     rows = [
         {"": "best macro-F1", "value": _score(summary["best_value"])},
         {"": "baseline (default settings)", "value": _score(summary["baseline_value"])},
-        {"": "gain over the baseline", "value": "–" if gain is None else f"{gain:+.4f}" + ("" if rel is None else f" ({rel:+.1%})")},
+        {"": "gain over the baseline" if not summary.get("source_study") else
+             f"gain over {summary['source_study']}'s baseline (its best trials were re-run here first: "
+             f"compare with {summary['source_study']}'s best for what this phase added)",
+         "value": "–" if gain is None else f"{gain:+.4f}" + ("" if rel is None else f" ({rel:+.1%})")},
         {"": "time spent", "value": units.duration(summary["elapsed_s"])},
         {"": "stopped", "value": f"{summary['stop_reason']}: {(summary['stop_details'] or {}).get('message', '')}"},
     ]
