@@ -6,6 +6,7 @@ import pytest
 
 from tunewise.phases.advice import Situation, advise, checklist
 from tunewise.cli import main
+from tunewise import units
 
 BIG = 20_000
 
@@ -14,7 +15,7 @@ BIG = 20_000
 def test_time_available_picks_the_search(hours, verdict, trials):
     a = advise(Situation(n_images=BIG, baseline=0.85, hours=hours))
     assert (a.verdict, a.n_trials) == (verdict, trials)
-    assert f"with {hours:g} h available" in a.reasons[0]
+    assert f"with {units.hours(hours)} available" in a.reasons[0]  # "1 h 30 min", not "1.5 h"
 
 
 def test_a_high_baseline_means_do_not_tune():

@@ -164,7 +164,7 @@ def test_report_charts_draw_offline_from_a_file(chromium, phase, pipeline_run):
 
 
 def _smoke_notebook(path: Path, extra: str = "") -> nbformat.NotebookNode:
-    nb = nbformat.read(ROOT / "notebooks" / "quick.ipynb", as_version=4)
+    nb = nbformat.read(ROOT / "notebooks" / "1_quick.ipynb", as_version=4)
     cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
     cell.source = SMOKE_PARAMETERS + extra
     nbformat.write(nb, path)

@@ -239,3 +239,40 @@ def test_in_a_kernel_without_frontend_live_charts_work_and_figures_use_plotly_mi
     assert nb.cells[1].outputs[0].data["text/plain"] == "(4, 4)"
     for cell in nb.cells[2:]:
         assert PLOTLY in cell.outputs[0].data
+
+
+def test_trial_and_epoch_axes_are_whole_numbers_and_log_axes_read_as_powers():
+    study = study_of(complete(0.8), complete(0.9), complete(0.85))
+    fig = charts.history(study)
+    assert (fig.layout.xaxis.dtick, fig.layout.xaxis.tickformat) == (1, "d")  # no trial 0.5
+    assert charts.intermediate_values(study).layout.xaxis.dtick == 1  # epochs
+    big = charts.history(normal_study(24))
+    assert big.layout.xaxis.dtick == 5  # 24 trials: ticks every 5, still whole numbers
+    for fig in (charts.slices(normal_study(12)), charts.contour_top2(normal_study(12))):
+        logs = [a for a in (*fig.select_xaxes(), *fig.select_yaxes()) if a.type == "log"]
+        assert logs and all(a.exponentformat == "e" for a in logs)  # 1e-4, not "100μ"
+
+
+def test_figures_from_few_trials_say_so_and_low_scores_stay_visible():
+    few = normal_study(5)
+    for draw in (charts.importances, charts.parallel_coordinate, charts.slices):
+        notes = [a.text for a in draw(few).layout.annotations]
+        assert any("Drawn from only" in t and "complete trials" in t for t in notes), draw.__name__
+    many = normal_study(30)
+    assert not any("Drawn from only" in (a.text or "") for a in charts.slices(many).layout.annotations)
+    from plotly.colors import unlabel_rgb
+
+    lines = [t.line.color for t in charts.parallel_coordinate(many).data if t.mode == "lines"]
+    assert lines and max(sum(unlabel_rgb(c)) for c in lines) < 3 * 235  # no near-white line (Blues' low end)
+
+
+def test_live_chart_shows_a_finished_study_before_any_new_trial():
+    """Re-running the search cell on a finished study: the chart and bar show its trials at once."""
+    from tunewise import notebook as tw
+
+    study = normal_study(6)
+    live = tw.live_chart({"n_trials": 6, "study_name": study.study_name}, study)
+    finished = sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in study.trials)
+    assert live.finished == finished and live.progress.value == finished
+    assert live.label.value.startswith(f"{finished} / 6 trials, best ")
+    assert sum(len(trace.x) for trace in live.figure().data[:3]) == len(study.trials)

@@ -4,6 +4,8 @@ shows and that match the presets, and real headless runs through `tunewise run`.
 from __future__ import annotations
 
 import json
+import os
+import re
 from pathlib import Path
 
 import nbformat
@@ -11,6 +13,7 @@ import optuna
 import papermill as pm
 import pytest
 
+from tunewise import execute
 from tunewise import params as P
 from tunewise.cli import main
 from tunewise.study.storage import open_storage
@@ -19,8 +22,18 @@ ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 
 
+def phase_of(path: Path) -> str:
+    """1_quick.ipynb -> quick: the folder's names are the phases in pipeline order."""
+    return path.stem.split("_", 1)[1]
+
+
 def test_every_phase_has_a_notebook():
-    assert sorted(p.stem for p in NOTEBOOKS) == sorted(P.PHASES)
+    assert sorted(phase_of(p) for p in NOTEBOOKS) == sorted(P.PHASES)
+
+
+def test_the_folder_lists_the_notebooks_in_pipeline_order():
+    assert [phase_of(p) for p in NOTEBOOKS] == list(P.PHASES)  # what pytest and the file browser see
+    assert [p.name for p in NOTEBOOKS] == [execute.notebook_for(ph).name for ph in P.PHASES]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
@@ -43,7 +56,7 @@ def test_parameters_are_typed_commented_literals_matching_the_preset(path):
         assert name in P.DEFAULTS, f"{path.name}: parameter {name} is not a tunewise parameter"
         assert info["inferred_type_name"] != "None", f"{path.name}: {name} has no type hint"
         assert info["help"], f"{path.name}: {name} has no comment"
-    preset = P.resolve(ROOT / "params" / f"{path.stem}.yaml")
+    preset = P.resolve(ROOT / "params" / f"{phase_of(path)}.yaml")
     namespace: dict = {}
     exec(tagged[0].source, namespace)  # literals only: safe, and what papermill would run
     for name in inferred:
@@ -167,12 +180,122 @@ def test_postmortem_notebook_passes_nbval_with_its_defaults(tmp_path):
     import subprocess
     import sys
 
-    nb = tmp_path / "postmortem.ipynb"
-    shutil.copy(ROOT / "notebooks" / "postmortem.ipynb", nb)
+    nb = tmp_path / "5_postmortem.ipynb"
+    shutil.copy(ROOT / "notebooks" / "5_postmortem.ipynb", nb)
     storage = open_storage(None, tmp_path / "runs" / "tunewise")
     study = optuna.create_study(study_name="quick", storage=storage, direction="maximize")
     study.optimize(lambda t: 1 - (t.suggest_float("lr", 1e-4, 1e-1, log=True) - 0.01) ** 2 + t.suggest_float("dropout", 0, 0.3) / 10, n_trials=12)
+    env = {k: v for k, v in os.environ.items() if k != "TUNEWISE_RUN_DIR"}  # its own runs/tunewise, as committed
     proc = subprocess.run([sys.executable, "-m", "pytest", "--nbval-lax", "-p", "no:cacheprovider", "-q", str(nb)],
-                          capture_output=True, text=True, cwd=tmp_path, timeout=300)
+                          capture_output=True, text=True, cwd=tmp_path, timeout=300, env=env)
     assert proc.returncode == 0, proc.stdout[-2000:]
     assert " passed" in proc.stdout and "failed" not in proc.stdout
+
+
+# --- parameters cells and errors in a kernel, as JupyterLab runs them -------------------
+
+
+@pytest.fixture
+def shell():
+    """An IPython shell like JupyterLab's kernel (history kept: `_ih` holds the cells run),
+    cleared afterwards so other tests see no IPython."""
+    from IPython.core.interactiveshell import InteractiveShell
+
+    sh = InteractiveShell.instance()
+    yield lambda source: sh.run_cell(source, store_history=True)
+    InteractiveShell.clear_instance()
+
+
+def _parameters_cell(path: Path) -> str:
+    nb = nbformat.read(path, as_version=4)
+    return next(c.source for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+
+
+def _plain(text: str) -> str:
+    return re.sub(r"\x1b\[[0-9;]*m", "", text)  # without IPython's colours
+
+
+RESOLVE_CELL = "import tunewise.notebook as tw\np = tw.resolve(globals())"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_interactive_resolution_records_the_notebooks_own_phase(path, shell):
+    """Run cell by cell in JupyterLab (no papermill), each notebook resolves to its phase."""
+    assert shell(_parameters_cell(path)).success
+    result = shell(RESOLVE_CELL)
+    assert result.success, result.error_in_exec
+    assert shell("p['phase']").result == phase_of(path)
+
+
+def test_a_typo_in_the_parameters_cell_is_an_error_with_a_suggestion(shell, capsys):
+    shell(_parameters_cell(NOTEBOOKS[0]) + "\nn_trail = 3")
+    result = shell(RESOLVE_CELL)
+    assert not result.success
+    out = _plain(capsys.readouterr().out)
+    assert "ConfigError: parameters cell: 'n_trail' is not a tunewise parameter (did you mean 'n_trials'?)" in out
+    assert "Traceback" not in out and "notebook.py" not in out  # the CLI's one line, not a traceback
+    assert "%tb" in out
+    shell("%tb")  # the traceback on request
+    assert "notebook.py" in _plain(capsys.readouterr().out)
+    # fixed and run again: resolves (the earlier typo in the history no longer counts)
+    shell(_parameters_cell(NOTEBOOKS[0]))
+    assert shell(RESOLVE_CELL).success
+
+
+def test_other_errors_keep_ipythons_traceback_and_tunewise_traceback_on_request(shell, capsys, monkeypatch):
+    shell("import tunewise.notebook as tw")
+    shell("def broken():\n    raise ValueError('not tunewise')\nbroken()")
+    out = _plain(capsys.readouterr().out)
+    assert "Traceback" in out and "broken()" in out and "ValueError" in out
+    monkeypatch.setenv("TUNEWISE_TRACEBACK", "1")
+    shell("tw.load_study({'storage': None, 'run_dir': '/nonexistent-tunewise'}, 'nope')")
+    out = _plain(capsys.readouterr().out)
+    assert "Traceback" in out and "ConfigError" in out and "notebook.py" in out
+
+
+def test_papermill_shows_a_parameters_cell_typo_as_one_line(tmp_path):
+    """A typo added to the parameters cell, run through papermill with every parameter
+    injected: the cell fails with the one-line message, and nothing was written."""
+    nb = nbformat.read(NOTEBOOKS[0], as_version=4)
+    cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+    cell.source += "\nn_trail = 3  # a typo"
+    src, out = tmp_path / "typo.ipynb", tmp_path / "out.ipynb"
+    nbformat.write(nb, src)
+    p = P.resolve(None, {"n_trials": 2, "epochs": 1, "run_dir": str(tmp_path / "run"), "interactive": False})
+    with pytest.raises(pm.PapermillExecutionError) as err:
+        pm.execute_notebook(str(src), str(out), parameters=p, kernel_name="python3", progress_bar=False)
+    assert err.value.ename == "ConfigError" and "did you mean 'n_trials'" in err.value.evalue
+    executed = nbformat.read(out, as_version=4)
+    [error] = [o for c in executed.cells for o in c.get("outputs", []) if o.output_type == "error"]
+    shown = _plain("\n".join(error.traceback))
+    assert "parameters cell: 'n_trail' is not a tunewise parameter (did you mean 'n_trials'?)" in shown
+    assert len(error.traceback) <= 2 and "notebook.py" not in shown
+    assert not (tmp_path / "run").exists()
+
+
+def test_table_helper_formats_numbers_and_aligns_columns_by_their_content():
+    from tunewise import notebook as tw
+
+    page = tw.table([{"parameter": "lr", "value": 0.00314288089084011, "n": 3},
+                     {"parameter": "space", "value": {"lr": 1e-5, "batch_size": 32}, "n": None}], "t").data
+    assert "0.003143" in page and "0.00314288" not in page  # 4 significant digits
+    assert "lr 1e-05, batch_size 32" in page  # a mapping as pairs, not a dict's repr
+    assert "<td>0.003143</td>" in page  # a mixed column: left, like text
+    assert "<td class='num'>3</td>" in page and "td.num" in page  # numbers only: right-aligned
+    assert ">–</td>" in page  # None
+
+
+def test_result_shows_trials_by_state_and_best_parameters_one_per_row():
+    from tunewise import notebook as tw
+
+    summary = {"study_name": "s", "best_value": 0.97222, "baseline_value": 0.9, "gain": 0.07222,
+               "relative_gain": 0.0802, "elapsed_s": 2400.0, "stop_reason": "budget",
+               "stop_details": {"message": "4 of 4 trials finished."}, "n_finished": 4,
+               "trials": {"complete": 3, "pruned": 1, "fail": 0, "running": 0, "waiting": 0},
+               "best_params": {"lr": 0.00314288089084011, "batch_size": 32}}
+    page = tw.show_result(summary).data
+    assert "{'complete'" not in page and "<th class='num'>complete</th><th class='num'>pruned</th>" in page
+    assert "<td>lr</td>" in page and "0.003143" in page and "0.0031428808" not in page
+    assert "+0.0722 (+8.0%)" in page and "40 min" in page and "0.9722" in page
+    skipped = tw.show_result({"skipped": True, "headline": "skipped: gain under 5%"}).data
+    assert "skipped: gain under 5%" in skipped

@@ -135,7 +135,7 @@ def test_phase_table_on_two_studies_and_its_html(tmp_path):
     assert rows[1]["gain"] == pytest.approx(0.0034) and rows[1]["roi_per_h"] == pytest.approx(0.0034 / 3)
     html = tables.phase_table_html(rows)
     for text in ("<th>before (baseline)</th>", "<td>0.8234</td>", "<td>0.9478</td>", "<td>+0.1244</td>",
-                 "<td>+15.1%</td>", "<td>2.00</td>", "<td>+0.0622</td>", "focused &lt;b&gt;", "<td>–</td>"):
+                 "<td>+15.1%</td>", "<td>2 h</td>", "<td>+0.0622</td>", "focused &lt;b&gt;", "<td>–</td>"):
         assert text in html
 
 

@@ -140,3 +140,17 @@ def test_shows_itself_in_a_notebook_and_refuses_a_broken_space():
     assert "application/vnd.jupyter.widget-view+json" in bundle
     with pytest.raises(ConfigError, match="lr"):
         SpaceEditor({"lr": {"type": "float", "low": 1, "high": 0}})
+
+
+def test_readouts_say_the_range_and_the_selection_in_words():
+    """"1e-05 to 0.01", not the slider's "1e-05-0.01"; a categorical list says what it searches."""
+    r = rows(SpaceEditor(SEED_SPACE))
+    lr = r["lr"]
+    assert lr.chooser.readout is False and lr.readout.value == "1e-05 to 0.01"
+    lr.chooser.value = (1e-4, 1e-3)
+    assert lr.readout.value == "0.0001 to 0.001"
+    batch = r["batch_size"]
+    assert batch.readout.value.startswith("all 3 searched")
+    batch.chooser.value = (0, 2)
+    assert batch.readout.value == "2 of 3 searched: 8, 32"
+    assert batch.readout in batch.widget.children

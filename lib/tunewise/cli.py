@@ -36,6 +36,7 @@ import logging
 import sys
 from pathlib import Path
 
+from tunewise import units
 from tunewise.errors import TunewiseError
 from tunewise.study.storage import StorageLost
 
@@ -223,12 +224,12 @@ def _print_study(s: dict) -> None:
     print(f"best macro-F1 {fmt(s['best_value'])}   baseline {fmt(s['baseline_value'])}   gain {fmt(s['gain'])}")
     print(f"best parameters: {s['best_params']}")
     message = (s["stop_details"] or {}).get("message", "")
-    print(f"stopped: {s['stop_reason']}: {message} Time spent on the study: {s['elapsed_s']:.1f} s")
+    print(f"stopped: {s['stop_reason']}: {message} Time spent on the study: {units.duration(s['elapsed_s'])}")
 
 
 def _report(run) -> None:
     status = "ok" if run.ok else "FAILED"
-    print(f"[{run.phase}] {status} in {run.wall_s:.1f} s: {run.notebook}" + (f", {run.html}" if run.html else ""))
+    print(f"[{run.phase}] {status} in {units.duration(run.wall_s)}: {run.notebook}" + (f", {run.html}" if run.html else ""))
     if run.summary and run.summary.get("headline"):
         print(f"[{run.phase}] {run.summary['headline']}")
     if not run.ok and run.error.startswith("cell "):

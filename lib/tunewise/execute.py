@@ -22,6 +22,7 @@ from typing import Any
 import papermill as pm
 
 from tunewise import params as P
+from tunewise import units
 from tunewise.errors import ConfigError
 from tunewise.phases.source import LATER_PHASES, SOURCE_KEYS, inherit
 from tunewise.report.html import label_defaults, write_html
@@ -30,6 +31,8 @@ from tunewise.study.storage import for_kernel
 
 NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
 PRESETS = Path(__file__).resolve().parents[2] / "params"
+# The folder reads as the pipeline: each phase's notebook is numbered by its place in it.
+NOTEBOOK_FILES = {phase: f"{i}_{phase}.ipynb" for i, phase in enumerate(P.PHASES, start=1)}
 
 
 @dataclass
@@ -48,7 +51,7 @@ class PhaseRun:
 def notebook_for(phase: str) -> Path:
     if phase not in P.PHASES:
         raise ConfigError(f"phase: {phase!r} is not a phase; allowed: {', '.join(P.PHASES)}")
-    path = NOTEBOOKS / f"{phase}.ipynb"
+    path = NOTEBOOKS / NOTEBOOK_FILES[phase]
     if not path.is_file():
         raise ConfigError(f"phase: notebook {path} is missing from this install")
     return path
@@ -323,12 +326,13 @@ def write_index(out: Path, runs: list[PhaseRun]) -> Path:
         "phase": f'<a href="{r.phase}/{r.html.name}">{r.phase}</a>' if r.html else html.escape(r.phase),
         "status": "failed" if not r.ok else ("skipped search" if r.skipped else "done"),
         "result": str((r.summary or {}).get("headline", "")),
-        "wall s": f"{r.wall_s:.1f}",
+        "time": units.duration(r.wall_s),
+        "notebook": f'<a href="{r.phase}/{r.notebook.name}">{html.escape(r.notebook.name)}</a>' if r.notebook.exists() else "",
     } for r in runs]
     page = (
         "<!doctype html><html><head><meta charset='utf-8'><title>tunewise run</title>"
         "<style>body{font-family:sans-serif;margin:2em}td,th{padding:4px 12px;text-align:left}</style></head>"
-        f"<body><h1>tunewise run: {html.escape(out.name)}</h1>{html_table(rows, raw=['phase'])}</body></html>"
+        f"<body><h1>tunewise run: {html.escape(out.name)}</h1>{html_table(rows, raw=['phase', 'notebook'])}</body></html>"
     )
     return write_text_atomic(out / "index.html", page)
 

@@ -7,24 +7,29 @@ live charts are skipped, static charts are drawn at the end instead.
 
 from __future__ import annotations
 
+import ast
 import html
+import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import optuna
 import plotly.io as pio
+from optuna.trial import TrialState
 from IPython.display import HTML, display
 
 from tunewise import params as P
 from tunewise import records
+from tunewise import units
 from tunewise.phases import postmortem, tuning
 from tunewise.phases.advice import Situation, advise
 from tunewise.phases.source import check_matches, latest_complete, open_existing_storage
 from tunewise.atomic import write_summary_files
 from tunewise.report import inputs
 from tunewise.data.cache import describe
-from tunewise.errors import ConfigError, did_you_mean
+from tunewise.errors import ConfigError, TunewiseError, did_you_mean
 from tunewise.records import ADVICE_KEY, LINEAGE_KEY, SPACE_KEY, baseline_value, identity
 from tunewise.search.narrow import Narrowed, best_complete, narrow_space, warm_start
 from tunewise.search.space import SearchSpace
@@ -48,15 +53,93 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 _PHASE_MARKERS = {"focus_mode": "focused", "params_out": "validate", "max_latency_ms": "postmortem"}
 
 
+RUN_DIR_ENV = "TUNEWISE_RUN_DIR"  # where a notebook run in a kernel writes when run_dir is left at its default
+TRACEBACK_ENV = "TUNEWISE_TRACEBACK"  # 1: tunewise's errors in a cell show their full traceback
+
+
 def resolve(namespace: dict[str, Any]) -> dict[str, Any]:
-    """The notebook's parameters (its cell plus anything papermill injected), checked."""
+    """The notebook's parameters (its cell plus anything papermill injected), checked.
+
+    A name the parameters cell assigns that is not a parameter is an error naming the
+    closest one (`n_trail = 3` would otherwise be ignored). With $TUNEWISE_RUN_DIR set, a
+    notebook run in a kernel (JupyterLab, nbval) with run_dir left at its default writes
+    there instead (`tunewise run` always names its run folder)."""
+    install_error_display()
+    for source in parameters_cells(namespace.get("_ih") or []):
+        unknown = sorted(name for name in assigned_names(source) or () if name not in P.DEFAULTS)
+        if unknown:
+            raise ConfigError("\n".join(f"parameters cell: {name!r} is not a tunewise parameter{did_you_mean(name, P.DEFAULTS)}; "
+                                        "allowed: the names of params/*.yaml and --set" for name in unknown))
     values = {k: namespace[k] for k in P.DEFAULTS if k in namespace}
-    if "phase" not in values:
+    if "phase" not in values:  # a notebook of an older tunewise: its cell says no phase
         values["phase"] = next((ph for key, ph in _PHASE_MARKERS.items() if key in values), "quick")
+    if (os.environ.get(RUN_DIR_ENV) and values.get("interactive", P.DEFAULTS["interactive"])
+            and values.get("run_dir", P.DEFAULTS["run_dir"]) == P.DEFAULTS["run_dir"]):
+        values["run_dir"] = os.environ[RUN_DIR_ENV]
     return P.resolve(None, values)
 
 
+def assigned_names(source: str) -> set[str] | None:
+    """The public names a cell assigns at top level (None: not Python, e.g. a magic)."""
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return None
+    names: set[str] = set()
+    for node in tree.body:
+        targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, (ast.AnnAssign, ast.AugAssign)) else []
+        for target in targets:
+            names |= {n.id for n in ast.walk(target) if isinstance(n, ast.Name) and not n.id.startswith("_")}
+    return names
+
+
+def parameters_cells(history: list[str]) -> list[str]:
+    """The cells that set this run's parameters, from the kernel's input history (IPython's
+    `_ih`, the current cell last): the ones run just before the current cell that assign a
+    parameter, i.e. the parameters cell and the cell papermill injects after it."""
+    cells = []
+    for source in reversed(history[:-1]):
+        names = assigned_names(source)
+        if not names or not names & set(P.DEFAULTS):
+            break
+        cells.append(source)
+    return cells
+
+
+def install_error_display() -> None:
+    """In a kernel, tunewise's own errors show as the CLI's one-line message (the cell is
+    still marked failed, so papermill and nbval stop there); `%tb` or $TUNEWISE_TRACEBACK=1
+    shows the traceback. Other exceptions keep IPython's usual display."""
+    from IPython import get_ipython
+
+    shell = get_ipython()
+    if shell is not None and TunewiseError not in shell.custom_exceptions:
+        shell.set_custom_exc((*shell.custom_exceptions, TunewiseError), _show_tunewise_error)
+
+
+def _show_tunewise_error(shell, etype, value, tb, tb_offset=None):
+    shell._get_exc_info((etype, value, tb))  # sys.last_*: what %tb and %debug read
+    if os.environ.get(TRACEBACK_ENV, "") not in ("", "0"):
+        shell.showtraceback((etype, value, tb), tb_offset=tb_offset)
+        return None
+    red, reset = "\x1b[0;31m", "\x1b[0m"
+    stb = [f"{red}{etype.__name__}{reset}: {value}",
+           f"(tunewise error: run %tb for the traceback, or set {TRACEBACK_ENV}=1)"]
+    shell._showtraceback(etype, value, stb)  # an error output: the cell counts as failed
+    return stb
+
+
+install_error_display()  # importing this module in a kernel is what every phase notebook does first
+
+
+# JupyterLab right-aligns every table cell; text reads better left, numbers right (digits in columns).
+_TABLE_STYLE = ("<style>table.tunewise-nb td,table.tunewise-nb th{text-align:left}"
+                "table.tunewise-nb td.num,table.tunewise-nb th.num{text-align:right;font-variant-numeric:tabular-nums}</style>")
+
+
 def table(rows: list[dict[str, Any]], caption: str = "") -> HTML:
+    """Rows as an HTML table: numbers with 4 significant digits, mappings as "key value"
+    pairs, None as a dash; a column of numbers only is right-aligned, any other left."""
     if not rows:
         return HTML(f"<p><i>{html.escape(caption)}: nothing to show</i></p>")
     return HTML(html_table(rows, columns=list(rows[0]), cell=_fmt, caption=caption))
@@ -65,7 +148,15 @@ def table(rows: list[dict[str, Any]], caption: str = "") -> HTML:
 def _fmt(key: str, v: Any) -> str:
     if isinstance(v, float):
         return f"{v:.4g}"
-    return "" if v is None else str(v)
+    if isinstance(v, dict):
+        return ", ".join(f"{k} {_fmt(x)}" for k, x in v.items()) or "–"
+    if isinstance(v, (list, tuple)):
+        return ", ".join(_fmt(x) for x in v)
+    return "–" if v is None else str(v)
+
+
+def _score(v: float | None) -> str:
+    return "–" if v is None else f"{v:.4f}"
 
 
 def show_params(p: dict[str, Any], keys: list[str] | None = None) -> HTML:
@@ -102,8 +193,11 @@ def preflight(p: dict[str, Any]) -> HTML:
     data = tuning.load_images(P.data_spec(p), p["cache_dir"])
     info = describe(data)
     counts = info["class_counts"]
-    facts = (f"{info['n_images']} images in {info['classes']} classes ({min(counts.values())}-{max(counts.values())} per class), "
-             f"{info['img_size']} px, from {info['description']} (loaded from {data.origin}).")
+    low, high = min(counts.values()), max(counts.values())
+    per_class = f"{low} per class" if low == high else f"{low}-{high} per class"
+    source = re.sub(r" \(\d+ images, \d+ classes, \d+px\)$", "", info["description"])  # said just before
+    how = {"disk": "read from the decoded cache", "memory": "already in memory"}.get(data.origin, "decoded now")
+    facts = f"{info['n_images']} images in {info['classes']} classes ({per_class}) at {info['img_size']} px: {source}, {how}."
     advice = advise(situation(p))
     test = tuning.holdout(p, data)
     return HTML(f"<p><b>Pre-flight.</b> {html.escape(facts)}</p><p><b>Advice.</b> {html.escape(advice.text())}</p>"
@@ -152,27 +246,45 @@ def search(p: dict[str, Any], *, prep: tuning.Prepared | None = None, baseline: 
     if p["interactive"] and note:
         display(HTML(f"<p><i>{html.escape(note)}</i></p>"))
     elif p["interactive"]:
-        from tunewise.report.charts import LiveChart
+        callbacks.append(live_chart(p, prep.study))
+    summary = tuning.tune(p, callbacks=callbacks, prep=prep, baseline=baseline)
+    for live in callbacks:
+        live(prep.study, None)  # the final state, also when no trial ran (a finished study)
+    return summary
 
-        live = LiveChart(p["n_trials"], title=f"{p['study_name']}: macro-F1 per trial")
-        live.display()
-        callbacks.append(live)
-    return tuning.tune(p, callbacks=callbacks, prep=prep, baseline=baseline)
+
+def live_chart(p: dict[str, Any], study: optuna.Study):
+    """The live chart and progress bar, shown with the study as it is now: a resumed or
+    finished study's trials are drawn at once, not after the next trial."""
+    from tunewise.report.charts import LiveChart
+
+    live = LiveChart(p["n_trials"], title=f"{p['study_name']}: macro-F1 per trial")
+    live.display()
+    live(study, None)
+    return live
 
 
 def show_result(summary: dict[str, Any]) -> HTML:
+    """The study's result: scores and gain, trials by state, the best parameters one per row."""
+    if summary.get("skipped"):
+        return show_headline(summary)
+    gain, rel = summary["gain"], summary["relative_gain"]
     rows = [
-        {"": "best macro-F1", "value": summary["best_value"]},
-        {"": "baseline (default settings)", "value": summary["baseline_value"]},
-        {"": "gain", "value": summary["gain"]},
+        {"": "best macro-F1", "value": _score(summary["best_value"])},
+        {"": "baseline (default settings)", "value": _score(summary["baseline_value"])},
+        {"": "gain over the baseline" if not summary.get("source_study") else
+             f"gain over {summary['source_study']}'s baseline (its best trials were re-run here first: "
+             f"compare with {summary['source_study']}'s best for what this phase added)",
+         "value": "–" if gain is None else f"{gain:+.4f}" + ("" if rel is None else f" ({rel:+.1%})")},
         {"": "baseline check", "value": summary.get("baseline_check") or "trained: its loss had flattened out"},
-        {"": "relative gain", "value": None if summary["relative_gain"] is None else f"{summary['relative_gain']:+.2%}"},
-        {"": "finished trials", "value": f"{summary['n_finished']} {summary['trials']}"},
-        {"": "time spent (s)", "value": summary["elapsed_s"]},
+        {"": "time spent", "value": units.duration(summary["elapsed_s"])},
         {"": "stopped", "value": f"{summary['stop_reason']}: {(summary['stop_details'] or {}).get('message', '')}"},
-        {"": "best parameters", "value": summary["best_params"]},
     ]
-    result = table(rows, f"Result of study {summary['study_name']}")
+    states = {state: n for state, n in summary["trials"].items() if n or state in ("complete", "pruned")}
+    params = [{"parameter": k, "best value": v} for k, v in (summary["best_params"] or {}).items()]
+    result = HTML(table(rows, f"Result of study {summary['study_name']}").data
+                  + table([states], f"{summary['n_finished']} finished trials, by state").data
+                  + table(params, "Best parameters").data)
     if not summary.get("workers"):
         return result
     workers = [{"worker": w["index"], "GPU": "cpu" if w["gpu"] is None else w["gpu"], "threads": w["threads"],
@@ -200,7 +312,25 @@ def verdict(study: optuna.Study, p: dict[str, Any]) -> HTML:
         return HTML(f"<p>{gate_note}</p>")
     v = should_continue_optimization(study, baseline_value(study), p["min_relative_gain"])
     word = "Worth another phase" if v.go else "Not worth another phase"
-    return HTML(f"<p><b>{word}.</b> {html.escape(v.reason)}</p>")
+    relation = advice_relation(study.user_attrs.get(ADVICE_KEY), v.go)
+    return HTML(f"<p><b>{word}.</b> {html.escape(v.reason)}</p>" + (f"<p>{html.escape(relation)}</p>" if relation else ""))
+
+
+def advice_relation(advice: dict[str, Any] | None, go: bool) -> str:
+    """How the measured gate relates to the pre-flight advice, when the two disagree: the
+    advice is the seed's average for this kind of situation, before any trial; the gate is
+    this study's own measured gain (one split: validation then checks it against noise)."""
+    if not advice:
+        return ""
+    advised = advice.get("verdict") != "skip"
+    if advised == go:
+        return ""
+    if go:
+        return ("The pre-flight advice said not to tune: that is the seed's average for a situation like this one, "
+                "given before any trial. This gate is measured on this study's own trials, on one split; "
+                "the validation phase checks whether the gain holds across seeds.")
+    return ("The pre-flight advice expected tuning to pay (the seed's average for a situation like this one, before "
+            "any trial); measured on this study's own trials, it did not pay enough to go on.")
 
 
 def final_charts(study: optuna.Study) -> None:
@@ -211,6 +341,20 @@ def final_charts(study: optuna.Study) -> None:
         figure.show()
     for caption, rows in strategy_of(study).final_tables(study):
         display(table(rows, caption))
+
+
+def show_headline(summary: dict[str, Any]) -> HTML:
+    """The phase's one-line result (what the run's index page shows), and its files."""
+    files = [f"{what}: <code>{html.escape(str(summary[key]))}</code>"
+             for key, what in (("params_file", "winning settings"),) if summary.get(key)]
+    return HTML(f"<p><b>{html.escape(str(summary.get('headline', '')))}</b></p>"
+                + "".join(f"<p>{f}</p>" for f in files))
+
+
+def save_summary(p: dict[str, Any], summary: dict[str, Any]) -> HTML:
+    """write_summary, said in words (a notebook's last cell)."""
+    path = write_summary(p, summary)
+    return HTML(f"<p>Summary saved to <code>{html.escape(str(path))}</code>.</p>")
 
 
 def write_summary(p: dict[str, Any], summary: dict[str, Any]) -> Path:
@@ -259,6 +403,8 @@ def show_focus(f: Focus) -> HTML:
     text = f"<p><b>{word}.</b> {html.escape(f.verdict.reason)}</p>"
     if not f.go:
         return HTML(text + "<p>The focused search is skipped (set <code>always_run: true</code> to run it anyway).</p>")
+    relation = advice_relation(f.source.user_attrs.get(ADVICE_KEY), f.verdict.go)
+    text += f"<p>{html.escape(relation)}</p>" if relation else ""
     if not f.verdict.go:
         text += "<p>Running anyway: <code>always_run</code> is set.</p>"
     rows = table(f.narrowed.table, f"Search space narrowed from {len(f.narrowed.top_numbers)} best trials of {f.source.study_name}")
@@ -420,8 +566,14 @@ def show_validation(v: Validation, comparison, source: optuna.Study | None = Non
         gap = (table(rows, f"Optimism of the search: scores in {source.study_name} against fresh splits").data
                + "<p>The winner was picked on one split, so its score there carries that split's luck; the gap to its "
                  "mean on fresh splits is what the search's own figure overstated (the baseline is the control).</p>")
+    # How this relates to the gate: the search phases scored every trial on one split.
+    relation = {
+        "real gain": f"Retrained on {len(v.seeds)} seeds, the gain the search measured on one split holds.",
+        "real loss": f"Retrained on {len(v.seeds)} seeds, the tuned settings do worse: the search's gain was luck of its split.",
+    }.get(comparison.verdict, f"The search measured its gain on one split; retrained on {len(v.seeds)} seeds it is within "
+                              "the seed-to-seed noise, so the gate's go-ahead may have been luck of that split.")
     return HTML(table(v.table(), "macro-F1 per configuration and seed").data
-                + f"<p><b>{word}.</b> {html.escape(comparison.message)}</p>" + fresh + gap)
+                + f"<p><b>{word}.</b> {html.escape(comparison.message)}</p><p>{html.escape(relation)}</p>" + fresh + gap)
 
 
 def record_validation(p: dict[str, Any], source: optuna.Study, v: Validation, comparison, configs) -> dict[str, Any]:
@@ -505,8 +657,42 @@ def show_pareto(studies: list[optuna.Study], p: dict[str, Any]) -> None:
         display(HTML(f"<p><b>{html.escape(pareto.answer(s, p['max_latency_ms'] or None, p['max_params'] or None))}</b></p>"))
 
 
+# The post-mortem's charts of one study, under its heading: (section, chart) in reading order.
+def _study_charts():
+    from tunewise.report import charts
+
+    return [
+        ("Optimization history, with the best so far", charts.history),
+        ("Gain against time: where 80% and 95% of the final gain were reached", charts.roi_figure),
+        ("Which parameters mattered", charts.importances),
+        (None, charts.contour_top2),
+        (None, charts.parallel_coordinate),
+        (None, charts.slices),
+        ("Learning curves: the score after each epoch (what the pruner judged)", charts.intermediate_values),
+        ("When each trial ran", charts.timeline),
+    ]
+
+
+def show_study_charts(studies: list[optuna.Study]) -> None:
+    """Every chart of each study, grouped under the study's name (not interleaved)."""
+    if not studies:
+        display(HTML("<p><i>No single-objective study to chart.</i></p>"))
+    for s in studies:
+        n = len(s.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+        display(HTML(f"<h2>Study {html.escape(s.study_name)}</h2><p>{n} complete trials of {len(s.trials)}.</p>"))
+        for section, draw in _study_charts():
+            if section:
+                display(HTML(f"<h4>{html.escape(section)}</h4>"))
+            draw(s).show()
+
+
 def show_phase_table(studies: list[optuna.Study]) -> HTML:
-    return HTML("<p><b>The phases side by side</b> (the seed's case format)</p>" + phase_table_html(postmortem.phase_table(studies)))
+    rows = postmortem.phase_table(studies)
+    small = [r["study"] for r in rows if r["roi_per_h"] is not None
+             and (r["trials"] < FEW_TRIALS or (r["time_h"] or 0) * 3600 < SHORT_S)]
+    note = (f"<p><i>ROI (gain per hour) of {', '.join(map(html.escape, small))}: from fewer than {FEW_TRIALS} trials or "
+            f"under {units.duration(SHORT_S)}, too little to rate; read the gain, not the rate.</i></p>") if small else ""
+    return HTML("<p><b>The phases side by side</b> (the seed's case format)</p>" + phase_table_html(rows) + note)
 
 
 def show_stops_and_savings(studies: list[optuna.Study]) -> HTML:
@@ -532,8 +718,8 @@ def show_advice_vs_outcome(studies: list[optuna.Study]) -> HTML:
             "expected gain": a["expected_gain"] if a else "",
             "actual gain": None if rel is None else f"{rel:+.2%}",
             "trials": out["n_finished"],
-            "time (h)": hours,
-            "gain per hour": None if rel is None or not hours else f"{rel / hours:+.2%}",
+            "time": units.hours(hours, none="–"),
+            "gain per hour": per_hour(rel, hours, out["n_finished"]),
         })
     return table(rows, "Advice at the start, and what happened")
 
@@ -545,6 +731,21 @@ def show_estimates(studies: list[optuna.Study]) -> HTML:
                 + "<p>The study's best was picked on one split and is optimistic; the validation mean retrains on "
                   "fresh splits; the test score (written once by the final phase) is the only one no choice has "
                   "seen. An empty cell: that phase has not run.</p>")
+
+
+FEW_TRIALS = 10  # fewer finished trials than this: rates and charts say little
+SHORT_S = 600  # a rate over less time than this is mostly noise and start-up cost
+
+
+def per_hour(relative_gain: float | None, hours: float | None, n_trials: int) -> str:
+    """Relative gain per hour with its basis, or why it is held back (a +134815% per hour
+    from 3 trials in 12 s says nothing)."""
+    if relative_gain is None or not hours:
+        return "–"
+    basis = f"{n_trials} trials in {units.hours(hours)}"
+    if n_trials < FEW_TRIALS or hours * 3600 < SHORT_S:
+        return f"not shown: {basis} is too little to rate"
+    return f"{relative_gain / hours:+.1%} per hour ({basis})"
 
 
 def show_warm_starts(studies: list[optuna.Study]) -> HTML:

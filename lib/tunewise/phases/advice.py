@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from tunewise import units
+
 LEVELS = ("skip", "quick", "balanced", "precise")
 TRIALS = {"skip": "0", "quick": "20", "balanced": "50", "precise": "100+"}
 # The seed's measured mean gain from tuning, by dataset size.
@@ -111,7 +113,7 @@ def advise(s: Situation) -> Advice:
             hours = 3.0
             assumptions.append("time available unknown, treated as 2-5 h")
         verdict = "precise" if hours > 5 else "balanced" if hours >= 2 else "quick"
-        reasons.append(f"with {hours:g} h available the seed's tree says a {verdict} search ({TRIALS[verdict]} trials).")
+        reasons.append(f"with {units.hours(hours)} available the seed's tree says a {verdict} search ({TRIALS[verdict]} trials).")
 
     # What caps it.
     if s.days_left is not None:
@@ -154,5 +156,5 @@ def _expected_gain(s: Situation, verdict: str) -> str:
         band, gain = _size_band(s.n_images)
         parts.append(f"{gain} (mean at {band})")
     if s.hours is not None:
-        parts.append(next(g for low, g in TIME_GAIN if s.hours >= low) + f" for {s.hours:g} h")
+        parts.append(next(g for low, g in TIME_GAIN if s.hours >= low) + f" for {units.hours(s.hours)}")
     return ", ".join(parts) or "+1-5% (the seed's range)"

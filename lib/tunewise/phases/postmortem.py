@@ -21,6 +21,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from tunewise import units
 from tunewise.records import (
     ELAPSED_KEY,
     EPOCHS_RUN_KEY,
@@ -119,6 +120,9 @@ def _savings_text(s: dict[str, Any]) -> str:
         return "No trial was pruned."
     if s["epochs_saved"] is None:
         return f"{s['n_pruned']} trials were pruned; no complete trial shows how long a full one runs."
+    if not s["epochs_saved"]:
+        full = f"{s['full_epochs']} epoch" + ("s" if s["full_epochs"] != 1 else "")
+        return f"{s['n_pruned']} trials were pruned, but only after running the {full} a complete trial runs: nothing saved."
     share = s["epochs_saved"] / (s["epochs_saved"] + s["epochs_run"])
     time = "" if s["time_saved_s"] is None else f", about {_duration(s['time_saved_s'])}"
     return (f"Pruning stopped {s['n_pruned']} trials early and saved {s['epochs_saved']} epochs "
@@ -231,8 +235,4 @@ def _hours(delta) -> float:
 
 
 def _duration(seconds: float) -> str:
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
+    return units.duration(seconds)

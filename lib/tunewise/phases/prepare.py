@@ -21,6 +21,7 @@ from optuna.trial import TrialState
 
 from tunewise import __version__
 from tunewise import config as P
+from tunewise import units
 from tunewise.atomic import write_summary_files
 from tunewise.data.cache import ImageData, announce, describe, load_images
 from tunewise.data.splits import HeldOut, held_out
@@ -251,7 +252,7 @@ def headline(best: float | None, base: float | None, n_finished: int, elapsed_s:
     if best is None:
         return f"no trial completed ({n_finished} finished)"
     vs = f" vs baseline {base:.4f} ({(best - base) / base:+.1%})" if base else ""
-    return f"best macro-F1 {best:.4f}{vs}, {n_finished} trials, {elapsed_s / 60:.1f} min"
+    return f"best macro-F1 {best:.4f}{vs}, {n_finished} trials, {units.duration(elapsed_s)}"
 
 
 def storage_label(p: dict[str, Any]) -> str:

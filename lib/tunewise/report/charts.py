@@ -31,6 +31,8 @@ from optuna.trial import FrozenTrial, TrialState
 from tunewise.phases.postmortem import ROI_FRACTIONS, mark_key, roi_curve
 from tunewise.records import BASELINE_KEY, FAIL_REASON_KEY, PRUNE_REASON_KEY, identity, sign
 from tunewise.study.strategy import strategy_of
+from tunewise import units
+
 
 # Marker style per drawn state; the trace order of every history figure is this order,
 # then the best-so-far line.
@@ -44,6 +46,33 @@ _METRIC_LABELS = {"macro_f1": "macro-F1"}
 # 1,243 x 1,243 grid (19 MB of JSON). Beyond this many values an axis is binned.
 CONTOUR_BINS = 100
 _HOVER_PARAMS = 8
+# Fewer complete trials than this: importances, contours and the like are a hint at most.
+FEW_TRIALS = 10
+
+
+def integer_axis(axis, largest: float | None = None) -> None:
+    """Ticks on whole numbers only (trials, epochs): no 0.5 trial."""
+    step = 1
+    if largest is not None and largest > 10:
+        step = next(s * 10 ** e for e in range(9) for s in (1, 2, 5) if s * 10 ** e * 10 >= largest)
+    axis.update(tickmode="linear", tick0=0, dtick=step, tickformat="d")
+
+
+def readable_log_axes(fig: go.Figure) -> go.Figure:
+    """Log axes labelled 1e-4 style, not plotly's SI "100μ" (learning rates)."""
+    fig.for_each_xaxis(lambda a: a.update(exponentformat="e") if a.type == "log" else None)
+    fig.for_each_yaxis(lambda a: a.update(exponentformat="e") if a.type == "log" else None)
+    return fig
+
+
+def few_trials_note(fig: go.Figure, study: optuna.Study) -> go.Figure:
+    """A line under the title when the figure stands on too few complete trials."""
+    n = len(_complete(study))
+    if n < FEW_TRIALS:
+        fig.add_annotation(text=f"Drawn from only {n} complete trials: a hint, not a finding.",
+                           x=0, y=1.02, xref="paper", yref="paper", xanchor="left", yanchor="bottom",
+                           showarrow=False, font={"size": 12, "color": "#8c564b"})
+    return fig
 
 
 def metric_label(study: optuna.Study) -> str:
@@ -142,6 +171,7 @@ def _short(value) -> str:
 def _history_figure(series: _Series, title: str, metric: str) -> go.Figure:
     fig = go.Figure(layout={"title": title, "xaxis_title": "trial", "yaxis_title": metric,
                             "legend": {"orientation": "h", "y": -0.2}})
+    integer_axis(fig.layout.xaxis, max((max(x) for x, _, _ in series.columns() if x), default=None))
     for (x, y, text), (name, color, symbol) in zip(series.columns(), _STYLE.values()):
         fig.add_trace(go.Scatter(x=x, y=y, text=text, mode="markers", name=name,
                                  marker={"color": color, "symbol": symbol, "size": 8},
@@ -237,6 +267,7 @@ class LiveChart:
         if series.baseline is not None and not self._baseline_drawn:
             _mark_baseline(self._figure, series.baseline)
             self._baseline_drawn = True
+        integer_axis(self._figure.layout.xaxis, max(self._seen, default=None))
         self.progress.max = max(self.n_trials, series.finished)
         self.progress.value = series.finished
         self.label.value = self._label()
@@ -292,8 +323,11 @@ def roi_figure(study: optuna.Study) -> go.Figure:
     for fraction in ROI_FRACTIONS:
         hours = curve[mark_key(fraction)]
         if hours is not None:
+            # The first mark's label left of its line, the later ones right of theirs: close
+            # marks (80% and 95% reached a trial apart) do not print over each other.
             fig.add_vline(x=hours * per_hour, line_dash="dash", line_color="#9467bd",
-                          annotation_text=f"{fraction:.0%} of the gain: {hours * per_hour:.2f} {unit}")
+                          annotation_text=f"{fraction:.0%} of the gain: {units.hours(hours)}",
+                          annotation_position="top left" if fraction == ROI_FRACTIONS[0] else "top right")
     return fig
 
 
@@ -323,8 +357,8 @@ def importances(study: optuna.Study, evaluator: BaseImportanceEvaluator | None =
     if why:
         return note(title, why)
     fig = ov.plot_param_importances(study, evaluator=evaluator, target_name=metric_label(study))
-    return fig.update_layout(title=title, xaxis_title="importance (share of the total)",
-                             yaxis_title="parameter")
+    fig.update_layout(title=title, xaxis_title="importance (share of the total)", yaxis_title="parameter")
+    return few_trials_note(fig, study)
 
 
 def parallel_coordinate(study: optuna.Study, params: list[str] | None = None) -> go.Figure:
@@ -333,7 +367,32 @@ def parallel_coordinate(study: optuna.Study, params: list[str] | None = None) ->
     if not _complete(study):
         return note(title, "No complete trial yet.")
     fig = ov.plot_parallel_coordinate(study, params=params, target_name=metric_label(study))
-    return fig.update_layout(title=title)
+    _recolor(fig)
+    fig.update_layout(title=title)
+    return few_trials_note(fig, study)
+
+
+# Optuna's Blues without its near-white low end: the worst trials stay visible on white.
+VISIBLE_BLUES = [[0.0, "rgb(158,202,225)"], [0.5, "rgb(66,146,198)"], [1.0, "rgb(8,48,107)"]]
+
+
+def _recolor(fig: go.Figure, scale=VISIBLE_BLUES) -> None:
+    """Optuna colours each trial's line from "Blues", whose low end is near-white: the worst
+    trials vanish on a white page. Re-map every line (by its place on Blues) and the colour
+    bar to ``scale``."""
+    from plotly.colors import sample_colorscale, unlabel_rgb
+
+    grid = [i / 100 for i in range(101)]
+    blues = [unlabel_rgb(c) for c in sample_colorscale("Blues", grid)]
+    for trace in fig.data:
+        if trace.type == "parcoords":
+            trace.line.colorscale = scale
+        elif trace.type == "scatter" and isinstance(trace.line.color, str) and trace.line.color.startswith("rgb"):
+            rgb = unlabel_rgb(trace.line.color)
+            t = min(grid, key=lambda g: sum((a - b) ** 2 for a, b in zip(blues[round(g * 100)], rgb)))
+            trace.line.color = sample_colorscale(scale, [t])[0]
+        if trace.type == "scatter" and trace.marker.colorscale is not None:
+            trace.marker.colorscale = scale
 
 
 def slices(study: optuna.Study, params: list[str] | None = None) -> go.Figure:
@@ -342,7 +401,8 @@ def slices(study: optuna.Study, params: list[str] | None = None) -> go.Figure:
     if not _complete(study):
         return note(title, "No complete trial yet.")
     fig = ov.plot_slice(study, params=params, target_name=metric_label(study))
-    return fig.update_layout(title=title, yaxis_title=metric_label(study))
+    fig.update_layout(title=title, yaxis_title=metric_label(study))
+    return few_trials_note(readable_log_axes(fig), study)
 
 
 def contour_top2(study: optuna.Study, evaluator: BaseImportanceEvaluator | None = None) -> go.Figure:
@@ -358,7 +418,8 @@ def contour_top2(study: optuna.Study, evaluator: BaseImportanceEvaluator | None 
         return note(title, "Fewer than two parameters took more than one value.")
     fig = ov.plot_contour(study, params=top, target_name=metric_label(study))
     _bin_contour(fig, _maximize(study))
-    return fig.update_layout(title=title)
+    fig.update_layout(title=title)
+    return few_trials_note(readable_log_axes(fig), study)
 
 
 def intermediate_values(study: optuna.Study) -> go.Figure:
@@ -367,7 +428,10 @@ def intermediate_values(study: optuna.Study) -> go.Figure:
     if not any(t.intermediate_values for t in study.get_trials(deepcopy=False)):
         return note(title, "No trial has reported a score per epoch.")
     fig = ov.plot_intermediate_values(study)
-    return fig.update_layout(title=title, xaxis_title="epoch", yaxis_title=metric_label(study))
+    fig.update_layout(title=title, xaxis_title="epoch", yaxis_title=metric_label(study))
+    last = max((max(t.intermediate_values) for t in study.get_trials(deepcopy=False) if t.intermediate_values), default=None)
+    integer_axis(fig.layout.xaxis, last)
+    return fig
 
 
 def timeline(study: optuna.Study) -> go.Figure:
@@ -376,7 +440,9 @@ def timeline(study: optuna.Study) -> go.Figure:
     if not study.get_trials(deepcopy=False):
         return note(title, "The study has no trials.")
     fig = ov.plot_timeline(study)
-    return fig.update_layout(title=title, xaxis_title="time", yaxis_title="trial")
+    fig.update_layout(title=title, xaxis_title="time", yaxis_title="trial")
+    integer_axis(fig.layout.yaxis, max(t.number for t in study.get_trials(deepcopy=False)))
+    return fig
 
 
 def _complete(study: optuna.Study) -> list[FrozenTrial]:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import html
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
+from tunewise import units
+
 
 def html_table(
     rows: Sequence[Mapping[str, Any]],
@@ -52,7 +54,7 @@ PHASE_COLUMNS = {  # key: (header, format)
     "baseline": ("before (baseline)", "{:.4f}"),
     "best": ("after (best)", "{:.4f}"),
     "trials": ("trials", "{}"),
-    "time_h": ("time (h)", "{:.2f}"),
+    "time_h": ("time", units.hours),
     "gain": ("gain", "{:+.4f}"),
     "gain_pct": ("gain (%)", "{:+.1f}%"),
     "roi_per_h": ("ROI (gain per hour)", "{:+.4f}"),
@@ -69,4 +71,6 @@ def _phase_cell(key: str, value: Any) -> str:
     if value is None:
         return "–"
     fmt = PHASE_COLUMNS.get(key, (key, "{}"))[1]
+    if callable(fmt):
+        return fmt(value)
     return fmt.format(value) if isinstance(value, (int, float)) else str(value)

@@ -140,12 +140,16 @@ class _FixedRow(_Row):
 class _SearchedRow(_Row):
     """A searched parameter: its range widget, and a checkbox to fix it at one value."""
 
-    def __init__(self, name: str, spec: Mapping, chooser, fixed_input) -> None:
+    def __init__(self, name: str, spec: Mapping, chooser, fixed_input, readout: Callable[[], str] | None = None) -> None:
         self.chooser = chooser
         self.fix = Checkbox(value=False, description="fix at", indent=False, layout=Layout(width="70px"))
         self.fixed_input = fixed_input
         self.fixed_input.layout.display = "none"
-        super().__init__(name, spec, [chooser, self.fix, fixed_input])
+        # A readout of our own where the widget's says too little (see _log_readout, _choice_readout).
+        self.readout = Label(readout(), layout=Layout(width="150px")) if readout else None
+        if readout:
+            chooser.observe(lambda _: setattr(self.readout, "value", readout()), names="value")
+        super().__init__(name, spec, [chooser, *([self.readout] if readout else []), self.fix, fixed_input])
         self.fix.observe(self._toggle, names="value")
 
     def value(self) -> Any:
@@ -173,8 +177,12 @@ class _RangeRow(_SearchedRow):
         self.is_int = spec["type"] == "int"
         low, high = spec["low"], spec["high"]
         lo, hi = _slider_bounds(name, spec)
+        readout = None
         if spec.get("log"):
             chooser = _log_slider(lo, hi, low, high, self.is_int)
+            # The slider's own readout joins the ends with a hyphen: "1e-05-0.01" reads as one number.
+            chooser.readout = False
+            readout = lambda: " to ".join(chooser.label)  # noqa: E731
         elif self.is_int:
             chooser = IntRangeSlider(value=(low, high), min=lo, max=hi, step=spec.get("step", 1))
         else:
@@ -183,7 +191,7 @@ class _RangeRow(_SearchedRow):
         chooser.layout.width = _SLIDER_WIDTH
         middle = _middle(low, high, spec)
         fixed = IntText(value=middle) if self.is_int else FloatText(value=middle)
-        super().__init__(name, spec, chooser, fixed)
+        super().__init__(name, spec, chooser, fixed, readout)
 
     def searched_value(self) -> dict[str, Any]:
         low, high = self.chooser.value
@@ -209,7 +217,14 @@ class _ChoiceRow(_SearchedRow):
         chooser = SelectMultiple(options=options, value=tuple(range(len(options))),
                                  rows=min(len(options), 5), layout=Layout(width=_SLIDER_WIDTH))
         chooser.observe(_keep_one_selected, names="value")
-        super().__init__(name, spec, chooser, Dropdown(options=options, value=0))
+        super().__init__(name, spec, chooser, Dropdown(options=options, value=0), self._readout)
+
+    def _readout(self) -> str:
+        """What is selected, in words: a list with every row highlighted is hard to read."""
+        chosen = [str(self.choices[i]) for i in sorted(self.chooser.value)]
+        if len(chosen) == len(self.choices):
+            return f"all {len(chosen)} searched (ctrl-click to drop one)"
+        return f"{len(chosen)} of {len(self.choices)} searched: {', '.join(chosen)}"
 
     def searched_value(self) -> dict[str, Any]:
         return {**self.spec, "choices": [self.choices[i] for i in sorted(self.chooser.value)]}

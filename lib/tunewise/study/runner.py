@@ -37,6 +37,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from tunewise import units
 from tunewise.errors import SetupError
 from tunewise.records import (
     storage_of,
@@ -417,7 +418,7 @@ def _why_stopped(
         return "budget", {**figures, "message": f"{finished} of {n_trials} trials finished."}
     if timeout is not None and elapsed >= timeout:
         return "timeout", {**figures, "message": (
-            f"{elapsed:.1f} s spent across runs, the time budget is {timeout:g} s.")}
+            f"{units.duration(elapsed)} spent across runs, the time budget is {units.duration(timeout)}.")}
     if attempts is not None and started >= attempts:
         return "attempts", {**figures, "message": (
             f"{started} trials attempted but some failed: {finished} of {n_trials} finished; "

@@ -28,6 +28,7 @@ from typing import Any, Callable
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from tunewise import units
 from tunewise.errors import ConfigError, did_you_mean, is_int, is_number
 from tunewise.records import (
     FAIL_REASON_KEY,
@@ -259,7 +260,7 @@ class Budget(StopRule):
                     "message": f"{finished} trials finished, the cap is {self.max_trials}."}
         if self.max_seconds is not None and elapsed >= self.max_seconds:
             return {**figures, "limit": "max_seconds",
-                    "message": f"{elapsed:.0f} s spent, the time budget is {self.max_seconds:.0f} s."}
+                    "message": f"{units.duration(elapsed)} spent, the time budget is {units.duration(self.max_seconds)}."}
         return None
 
 
@@ -308,7 +309,7 @@ class ROI(StopRule):
             "gain": gain, "hours": hours, "gain_per_hour": rate,
             "min_gain_per_hour": self.min_gain_per_hour, "window": self.window,
             "baseline": self.baseline, "best_before": w.before, "best": w.after,
-            "message": (f"The last {self.window} completed trials took {hours:.3g} h and gained "
+            "message": (f"The last {self.window} completed trials took {units.hours(hours)} and gained "
                         f"{gain:.4g} {unit}({rate:.4g}/h), below {self.min_gain_per_hour:.4g}/h."),
         }
 
