@@ -16,7 +16,7 @@ import optuna
 import pytest
 import yaml
 
-from conftest import write_png_folder
+from pngdata import write_png_folder
 from tunewise import params as P
 from tunewise.cli import main
 from tunewise.errors import ConfigError

@@ -11,7 +11,7 @@ from tunewise.errors import ConfigError, DataError
 from tunewise.data.sources import DataSpec, synthetic_images
 from tunewise.data.splits import kfold_splits, train_val_split
 
-from conftest import write_png_folder
+from pngdata import write_png_folder
 
 
 def test_digits_are_real_rgb_uint8():

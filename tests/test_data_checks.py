@@ -16,7 +16,7 @@ from tunewise.data.sources import DataSpec
 from tunewise.errors import ConfigError, DataError
 from tunewise.phases import tuning
 
-from conftest import write_png_folder
+from pngdata import write_png_folder
 
 
 @pytest.fixture

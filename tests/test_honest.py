@@ -249,7 +249,7 @@ def test_undertrained_reads_the_last_epochs_fall_against_its_mean_pace():
     ({"lr": 3e-3, "epochs": 6}, False),  # learns the colours in 2 epochs, then flat
 ])
 def test_the_preflight_warns_on_an_undertrained_baseline_only(tmp_path, settings, warns):
-    from conftest import write_png_folder
+    from pngdata import write_png_folder
     from tunewise.phases.tuning import tune
 
     images = write_png_folder(tmp_path / "images40", n_per_class=40)

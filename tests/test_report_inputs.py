@@ -24,7 +24,7 @@ def page_text(path) -> str:
 
 @pytest.fixture(scope="module")
 def folder_pipeline(tmp_path_factory):
-    from conftest import write_png_folder
+    from pngdata import write_png_folder
 
     root = tmp_path_factory.mktemp("inputs")
     images = write_png_folder(root / "animals", n_per_class=10)
