@@ -271,15 +271,15 @@ def test_joining_needs_a_study_that_recorded_its_parameters(tmp_path):
 
 def test_plan_workers_splits_cores_and_checks_input():
     p = P.resolve(overrides={"device": "cpu"})
-    plans = plan_workers(p, 2)
+    plans = plan_workers(p.study, 2)
     assert [(w.index, w.gpu) for w in plans] == [(0, None), (1, None)]
     assert plans[0].threads == max(1, len(os.sched_getaffinity(0)) // 2)
     with pytest.raises(ConfigError, match="workers: 0 is not allowed"):
-        plan_workers(p, 0)
+        plan_workers(p.study, 0)
     with pytest.raises(ConfigError, match="gpus: given with device 'cpu'"):
-        plan_workers(p, 2, [0, 1])
+        plan_workers(p.study, 2, [0, 1])
     with pytest.raises(ConfigError, match=r"gpus: \[0, 0\] is not allowed"):
-        plan_workers(P.resolve(overrides={"device": "auto"}), 2, [0, 0])
+        plan_workers(P.resolve(overrides={"device": "auto"}).study, 2, [0, 0])
 
 
 SMALL_SPACE = {

@@ -2,10 +2,14 @@
 defaults, comments and checks side by side.
 
 - `data`: which pixels (`tunewise.data.sources.DataSpec`, also the cache key);
-- `split`: how the images are split for scoring a trial (`SplitSettings`);
+- `split`: how the images are split for scoring a trial (`tunewise.data.splits.SplitSettings`);
 - `train`: the fixed training settings (`tunewise.train.hparams.TrainConfig`);
-- `study`: the study and its budget, sampler, pruner, stop rules, storage (`StudySettings`);
-- `phase`: what the later phases build on and how (`PhaseSettings`).
+- `study`: the study and its budget, sampler, pruner, stop rules, storage
+  (`tunewise.study.settings.StudySettings`);
+- `phase`: what the later phases build on and how (`PhaseSettings`, here).
+
+Each section is defined in the layer that reads it, so the layers below take their section
+(`plan_workers(cfg.study, ...)`, `load_images(cfg.data)`) and never import this module.
 
 The edges (params files, `--set`, papermill and notebook parameters; see params.py) speak one
 flat set of names, the same in every section: `RunConfig.from_flat` resolves them once, and
@@ -22,12 +26,11 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Iterator
 
 from tunewise.data.sources import BUILTIN, DataSpec
-from tunewise.errors import ConfigError, did_you_mean, is_int, is_number
+from tunewise.errors import ConfigError, FieldChecks, did_you_mean, is_int, is_number
 from tunewise.train.hparams import TrainConfig
-from tunewise.train.objective_names import check_objectives
-from tunewise.data.splits import check_test_fraction
+from tunewise.data.splits import SplitSettings
+from tunewise.study.settings import PHASES, StudySettings  # noqa: F401  (PHASES: re-exported)
 
-PHASES = ("quick", "focused", "validate", "final", "postmortem")
 FOCUS_MODES = ("warm_start", "resume")
 
 # Parameters holding a file or folder: recorded absolute (study record, final.yaml), so a
@@ -45,86 +48,6 @@ SEED_SPACE: dict[str, Any] = {
     "weight_decay": {"type": "float", "low": 0.0, "high": 0.1},
     "dropout": {"type": "float", "low": 0.0, "high": 0.3},
 }
-
-
-class _Checks:
-    """Collects `field: value is not allowed; allowed: ...` lines for one section."""
-
-    def __init__(self, section: Any) -> None:
-        self.section = section
-        self.errors: list[str] = []
-
-    def need(self, ok: bool, key: str, allowed: str) -> None:
-        if not ok:
-            self.errors.append(f"{key}: {getattr(self.section, key)!r} is not allowed; allowed: {allowed}")
-
-
-@dataclass(frozen=True)
-class SplitSettings:
-    """How a study's images are split to score a trial (stratified)."""
-
-    val_fraction: float = 0.2  # share of images held out for validation (stratified)
-    split_seed: int = 42  # seed of the train/validation split
-    test_fraction: Any = "auto"  # untouched test split: auto (0.1 if every class keeps 10+ test images, else none) | 0 | a share
-    test_seed: int = 0  # seed of the test split, drawn first and independent of split_seed
-
-    def problems(self) -> list[str]:
-        c = _Checks(self)
-        c.need(isinstance(self.val_fraction, float) and 0 < self.val_fraction < 1, "val_fraction",
-               "a number strictly between 0 and 1")
-        c.need(is_int(self.split_seed) and self.split_seed >= 0, "split_seed", "an integer >= 0")
-        try:
-            check_test_fraction(self.test_fraction)
-        except ConfigError as exc:
-            c.errors.append(str(exc))
-        c.need(is_int(self.test_seed) and 0 <= self.test_seed < 2**32, "test_seed", "an integer >= 0")
-        return c.errors
-
-
-@dataclass(frozen=True)
-class StudySettings:
-    """One study: its name and storage, its budget, how it searches and when it stops."""
-
-    phase: str = "quick"  # quick | focused | validate | final | postmortem (recorded with the study)
-    study_name: str = "tunewise"  # same name again resumes the study
-    storage: str | None = None  # None: a journal file in the run folder; or an Optuna storage URL
-    run_dir: str = "runs/tunewise"  # where the journal, reports and summaries go
-    n_trials: int = 20  # finished trials for the whole study, across resumes
-    timeout: float | None = None  # seconds for the whole study, across resumes (None: no limit)
-    sampler: Any = "tpe"  # name or {name: ..., args}
-    pruner: Any = "median"  # name or {name: ..., args}
-    stop_rules: dict | None = None  # None: the seed's defaults (plateau 0.01 over 10, failure guard)
-    search_space: dict | None = None  # {param: distribution dict or fixed value}; None: the seed's space
-    baseline: bool = True  # run the default settings as trial 0, the baseline to beat
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    cache_dir: str | None = None  # None: $TUNEWISE_CACHE_DIR or ~/.cache/tunewise
-    force: bool = False  # resume even if the space or dataset changed
-    objectives: list = field(default_factory=lambda: ["f1"])  # [f1]: macro-F1 alone; add latency_ms and/or params for a Pareto front
-    workers: int = 1  # worker processes filling the study together (one per GPU or CPU slot)
-    gpus: list = field(default_factory=list)  # with workers > 1: GPU indices to spread them over ([]: every visible GPU, or the CPU)
-
-    def problems(self) -> list[str]:
-        c = _Checks(self)
-        c.need(self.phase in PHASES, "phase", ", ".join(PHASES))
-        c.need(is_int(self.n_trials) and self.n_trials >= 1, "n_trials", "an integer >= 1")
-        c.need(is_int(self.workers) and self.workers >= 1, "workers", "an integer >= 1")
-        c.need(isinstance(self.gpus, list) and all(is_int(g) and g >= 0 for g in self.gpus)
-               and len(set(self.gpus)) == len(self.gpus),
-               "gpus", "a list of distinct GPU indices such as [0, 1] ([]: every visible GPU)")
-        c.need(self.timeout is None or (is_number(self.timeout) and self.timeout > 0), "timeout",
-               "seconds > 0, or null for no limit")
-        c.need(isinstance(self.study_name, str) and self.study_name.strip() != "", "study_name", "a non-empty name")
-        c.need(self.storage is None or isinstance(self.storage, str), "storage",
-               "null or an Optuna storage URL / journal file path")
-        c.need(self.search_space is None or isinstance(self.search_space, dict), "search_space",
-               "a mapping of parameter: distribution or value")
-        for flag in ("baseline", "force"):
-            c.need(isinstance(getattr(self, flag), bool), flag, "true or false")
-        try:
-            check_objectives(self.objectives)
-        except ConfigError as exc:
-            c.errors.append(str(exc))
-        return c.errors
 
 
 @dataclass(frozen=True)
@@ -153,7 +76,7 @@ class PhaseSettings:
     new_study: bool = False  # focused/validate: use data or training settings other than the source study's
 
     def problems(self) -> list[str]:
-        c = _Checks(self)
+        c = FieldChecks(self)
         c.need(self.focus_mode in FOCUS_MODES, "focus_mode", ", ".join(FOCUS_MODES))
         c.need(is_number(self.min_relative_gain), "min_relative_gain", "a number, e.g. 0.05 for 5%")
         c.need(is_number(self.top_share) and 0 < self.top_share <= 1, "top_share", "a share in (0, 1]")
@@ -267,6 +190,12 @@ def check_keys(values: Mapping[str, Any], where: str) -> None:
 def resolve(values: Mapping[str, Any] | None = None) -> RunConfig:
     """DEFAULTS <- values (flat names), every key and value checked."""
     return RunConfig.from_flat(dict(values or {}))
+
+
+def as_config(p: Mapping[str, Any]) -> RunConfig:
+    """`p` as a RunConfig: itself when it is one, else its flat names resolved and checked
+    (a phase's entry points take either, so a dict of every parameter still works)."""
+    return p if isinstance(p, RunConfig) else resolve(p)
 
 
 def replace(p: Mapping[str, Any], **changes: Any) -> RunConfig:

@@ -42,3 +42,16 @@ def is_number(value: Any, *, finite: bool = True) -> bool:
     """An int or float, not a bool; finite unless ``finite=False``."""
     return (isinstance(value, (int, float)) and not isinstance(value, bool)
             and (not finite or math.isfinite(value)))
+
+
+class FieldChecks:
+    """Collects `field: value is not allowed; allowed: ...` lines for one settings section
+    (its ``problems()``), so every bad value of a section is named in one message."""
+
+    def __init__(self, section: Any) -> None:
+        self.section = section
+        self.errors: list[str] = []
+
+    def need(self, ok: bool, key: str, allowed: str) -> None:
+        if not ok:
+            self.errors.append(f"{key}: {getattr(self.section, key)!r} is not allowed; allowed: {allowed}")

@@ -100,7 +100,7 @@ def precheck(phase: str, p: dict[str, Any]) -> None:
     if phase in ("quick", "focused") and p["workers"] > 1:
         from tunewise.study.workers import plan_workers
 
-        plan_workers(p, p["workers"], p["gpus"] or None)  # GPUs that exist, not asked of the CPU
+        plan_workers(p.study, p["workers"], p["gpus"] or None)  # GPUs that exist, not asked of the CPU
 
 
 def _error_lines(exc: pm.PapermillExecutionError) -> str:

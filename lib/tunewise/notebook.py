@@ -232,7 +232,7 @@ def space_editor(p: dict[str, Any]):
 
 def with_space(p: dict[str, Any], editor) -> dict[str, Any]:
     """The parameters with the editor's space (what the sliders say now)."""
-    return {**p, "search_space": editor.value} if editor is not None else p
+    return P.replace(p, search_space=editor.value) if editor is not None else p
 
 
 def search(p: dict[str, Any], *, prep: tuning.Prepared | None = None, baseline: float | None = None) -> dict[str, Any]:
@@ -429,13 +429,13 @@ def focused_search(p: dict[str, Any], f: Focus) -> dict[str, Any]:
         old = study_space(f.source, p).to_dict()
         space = {k: (old[k] if isinstance(v, dict) and v.get("type") == "categorical" and k in old else v)
                  for k, v in space.items()}
-        q = {**p, "study_name": f.source.study_name, "search_space": space, "force": True,
-             "n_trials": finished_trials(f.source) + p["n_trials"]}
+        q = P.replace(p, study_name=f.source.study_name, search_space=space, force=True,
+                      n_trials=finished_trials(f.source) + p["n_trials"])
         f.source.set_user_attr(LINEAGE_KEY, {"from_study": f.source.study_name, "trials": f.narrowed.top_numbers, "mode": "resume"})
         summary = search(q)
     else:
         own_baseline = p["new_study"]
-        q = {**p, "search_space": space, "baseline": own_baseline}
+        q = P.replace(p, search_space=space, baseline=own_baseline)
         prep = tuning.prepare(q)
         # Measured against the quick study's baseline (recorded, so the post-mortem agrees),
         # unless it is a study of its own (new_study: other data or settings) with its own.

@@ -14,7 +14,9 @@ from dataclasses import dataclass
 import numpy as np
 from sklearn.model_selection import StratifiedKFold, train_test_split
 
-from tunewise.errors import ConfigError, DataError
+from typing import Any
+
+from tunewise.errors import ConfigError, DataError, FieldChecks, is_int
 
 
 def _check_counts(labels: np.ndarray, classes: list[str], need: int, why: str) -> None:
@@ -138,3 +140,25 @@ def held_out(labels, classes: list[str], test_fraction="auto", seed: int = 0) ->
     note = (f"test split: {n_test} images ({fraction:g}, stratified, test_seed {seed}) held out before any "
             "train/validation split; no trial, narrowing, validation run or stop rule sees them")
     return HeldOut(fraction, seed, np.sort(held), np.sort(rest), note)
+
+
+@dataclass(frozen=True)
+class SplitSettings:
+    """How a study's images are split to score a trial (stratified)."""
+
+    val_fraction: float = 0.2  # share of images held out for validation (stratified)
+    split_seed: int = 42  # seed of the train/validation split
+    test_fraction: Any = "auto"  # untouched test split: auto (0.1 if every class keeps 10+ test images, else none) | 0 | a share
+    test_seed: int = 0  # seed of the test split, drawn first and independent of split_seed
+
+    def problems(self) -> list[str]:
+        c = FieldChecks(self)
+        c.need(isinstance(self.val_fraction, float) and 0 < self.val_fraction < 1, "val_fraction",
+               "a number strictly between 0 and 1")
+        c.need(is_int(self.split_seed) and self.split_seed >= 0, "split_seed", "an integer >= 0")
+        try:
+            check_test_fraction(self.test_fraction)
+        except ConfigError as exc:
+            c.errors.append(str(exc))
+        c.need(is_int(self.test_seed) and 0 <= self.test_seed < 2**32, "test_seed", "an integer >= 0")
+        return c.errors

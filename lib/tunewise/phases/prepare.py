@@ -14,7 +14,7 @@ import warnings
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import optuna
 from optuna.trial import TrialState
@@ -43,7 +43,7 @@ from tunewise.train.objective import TRAIN_LOSS_ATTR, Objective
 
 @dataclass
 class Prepared:
-    params: dict[str, Any]
+    params: P.RunConfig
     space: SearchSpace
     data: ImageData
     objective: Objective
@@ -64,36 +64,40 @@ class Checked:
     strategy: ObjectiveStrategy = field(default_factory=SingleObjective)
 
 
-def check(p: dict[str, Any], space: SearchSpace | None = None) -> Checked:
+def check(p: Mapping[str, Any], space: SearchSpace | None = None) -> Checked:
     """Build and check the search space, sampler, pruner, stop rules, dataset and model
     before any trial trains or any file is written (the dataset cache aside)."""
-    space = space or SearchSpace.from_dict(p["search_space"] if p["search_space"] is not None else P.SEED_SPACE)
-    sampler = make_sampler(p["sampler"], seed=p["seed"])
-    strategy = strategy_for(p)
-    pruner = strategy.pruner(make_pruner(p["pruner"]))
-    strategy.stop_rules(p["stop_rules"])  # checks the rules now; built again with the clock in run_here()
-    data = load_images(P.data_spec(p), p["cache_dir"])
+    p = P.as_config(p)
+    study, split = p.study, p.split
+    space = space or SearchSpace.from_dict(study.search_space if study.search_space is not None else P.SEED_SPACE)
+    sampler = make_sampler(study.sampler, seed=p.train.seed)
+    strategy = strategy_for(study.objectives)
+    pruner = strategy.pruner(make_pruner(study.pruner))
+    strategy.stop_rules(study.stop_rules)  # checks the rules now; built again with the clock in run_here()
+    data = load_images(p.data, study.cache_dir)
     announce(data)  # one line of what was loaded, once per process
     test = holdout(p, data)
     objective = strategy.objective(
-        data, space, P.train_settings(p), val_fraction=p["val_fraction"], split_seed=p["split_seed"], holdout=test,
-        device=p["device"],
+        data, space, p.train_settings(), val_fraction=split.val_fraction, split_seed=split.split_seed, holdout=test,
+        device=study.device,
     )
     return Checked(space, sampler, pruner, data, objective, strategy)
 
 
-def prepare(p: dict[str, Any], checked: Checked | None = None, *, record: bool = True) -> Prepared:
+def prepare(p: Mapping[str, Any], checked: Checked | None = None, *, record: bool = True) -> Prepared:
     """Everything checked and built, the study created or resumed; nothing trained yet.
 
     `record`: keep `p` in the study for workers that join it later (a joining worker
     passes False, so its machine's overrides do not become the study's)."""
+    p = P.as_config(p)
     c = checked or check(p)
-    run_dir = Path(p["run_dir"])
-    storage = open_storage(p["storage"], run_dir)  # last: nothing is written for refused input
+    settings = p.study
+    run_dir = Path(settings.run_dir)
+    storage = open_storage(settings.storage, run_dir)  # last: nothing is written for refused input
     identity = study_identity(p, c)
     strategy = c.strategy
-    study = strategy.open_study(p["study_name"], storage, identity=identity, sampler=c.sampler, pruner=c.pruner,
-                                force=p["force"], distributions=c.space.distributions)
+    study = strategy.open_study(settings.study_name, storage, identity=identity, sampler=c.sampler, pruner=c.pruner,
+                                force=settings.force, distributions=c.space.distributions)
     if study.user_attrs.get(SPACE_KEY) != c.space.to_dict():
         study.set_user_attr(SPACE_KEY, c.space.to_dict())
     if record:
@@ -102,10 +106,10 @@ def prepare(p: dict[str, Any], checked: Checked | None = None, *, record: bool =
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         # Dashboards label the axis "macro_f1", not "Objective 0".
         study.set_metric_names(strategy.metric_names)
-    if study.trials and p["seed"] is not None:
+    if study.trials and p.train.seed is not None:
         # A resumed run with the same seed would replay the first run's random draws
         # (duplicate trials): offset the seed by what the study already holds.
-        study.sampler = make_sampler(p["sampler"], seed=p["seed"] + len(study.trials))
+        study.sampler = make_sampler(settings.sampler, seed=p.train.seed + len(study.trials))
     return Prepared(p, c.space, c.data, c.objective, study, run_dir, strategy)
 
 
@@ -185,16 +189,17 @@ def run_here(
     """Run (or resume) the phase's study in this process; returns the summary also written
     to summary.json (arguments as tuning.tune's)."""
     prep = prep or prepare(p)
+    settings = prep.params.study
     study = prep.study
     start_new_study(prep)
     clock = StudyClock(study)
-    rules, _ = prep.strategy.stop_rules(p["stop_rules"], elapsed_s=clock.elapsed_s)
+    rules, _ = prep.strategy.stop_rules(settings.stop_rules, elapsed_s=clock.elapsed_s)
     result = run_trials(
-        study, prep.objective, n_trials=p["n_trials"], timeout=p["timeout"], callbacks=[*rules, *callbacks], clock=clock,
-        show_progress_bar=show_progress_bar,
+        study, prep.objective, n_trials=settings.n_trials, timeout=settings.timeout, callbacks=[*rules, *callbacks],
+        clock=clock, show_progress_bar=show_progress_bar,
     )
     summary = summarize(prep, result, baseline)
-    write_summary_files(prep.run_dir, p["phase"], summary)
+    write_summary_files(prep.run_dir, settings.phase, summary)
     return summary
 
 
@@ -204,10 +209,10 @@ def start_new_study(prep: Prepared) -> None:
     study, p = prep.study, prep.params
     if study.trials:
         return
-    if p["baseline"]:
-        study.enqueue_trial(baseline_params(prep.space, P.train_settings(p)), user_attrs={BASELINE_KEY: True})
-    if p["warm_start_from"]:
-        warm_start_from(study, prep.space, p["warm_start_from"], p["warm_start_n"])
+    if p.study.baseline:
+        study.enqueue_trial(baseline_params(prep.space, p.train_settings()), user_attrs={BASELINE_KEY: True})
+    if p.phase.warm_start_from:
+        warm_start_from(study, prep.space, p.phase.warm_start_from, p.phase.warm_start_n)
 
 
 def summarize(prep: Prepared, result: RunResult, baseline: float | None = None) -> dict[str, Any]:
@@ -244,7 +249,7 @@ def summarize(prep: Prepared, result: RunResult, baseline: float | None = None) 
         "pruner": describe_pruner(p["pruner"]),
         "search_space": prep.space.to_dict(),
         "tunewise_version": __version__,
-        **prep.strategy.summary_extra(study, p),
+        **prep.strategy.summary_extra(study, p.study),
     }
 
 

@@ -71,10 +71,11 @@ def run_workers(
     """
     from tunewise.phases import prepare as phase
 
-    plans = plan_workers(p, n_workers, gpus, threads)
+    p = config.as_config(p)
+    plans = plan_workers(p.study, n_workers, gpus, threads)
     prep = prep or phase.prepare(p)
     phase.start_new_study(prep)
-    result, described = run_worker_processes(p, prep.study, plans, prep.run_dir / "workers", WORKER_MODULE,
+    result, described = run_worker_processes(p.study, prep.study, plans, prep.run_dir / "workers", WORKER_MODULE,
                                              progress=progress, poll_s=poll_s, stop_grace_s=stop_grace_s)
     summary = phase.summarize(prep, result, baseline)
     summary["workers"] = described
@@ -118,7 +119,7 @@ def join_study(
     p = config.resolve({**recorded_params(study), "storage": storage_url, "force": False,
                         "interactive": False, **overrides, "workers": 1})
     prep = phase.prepare(p, record=False)  # the study's parameters stay the starter's
-    prep.study.sampler = worker_sampler(p, prep.study, worker)
+    prep.study.sampler = worker_sampler(p.study.sampler, p.train.seed, prep.study, worker)
     extra = list(callbacks or [])
     if parent_pid:
         extra.append(ParentWatch(parent_pid))

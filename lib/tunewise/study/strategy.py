@@ -1,8 +1,8 @@
 """Single macro-F1 or a Pareto front: the one place that decides, and everything that follows.
 
 `objectives: [f1]` (the default) makes a ``SingleObjective`` study; `[f1, latency_ms,
-params]` (or any of them after `f1`) a ``ParetoFront`` one. Choose once (``strategy_for(p)``
-for a run's parameters, ``strategy_of(study)`` for a study on disk) and ask it: the
+params]` (or any of them after `f1`) a ``ParetoFront`` one. Choose once (``strategy_for(objectives)``
+for a run's objectives, ``strategy_of(study)`` for a study on disk) and ask it: the
 directions and metric names, whether the pruner is used, which stop rules apply (and a note
 for each one left out), the training objective, how to open the study, what its summary
 adds, which final charts to draw, and what the later phases can do with it.
@@ -27,6 +27,7 @@ from tunewise.errors import ConfigError
 from tunewise.records import identity, ranked
 from tunewise.study import pareto
 from tunewise.study.identity import open_study
+from tunewise.study.settings import StudySettings
 from tunewise.study.storage import load_if_exists
 from tunewise.study.stoprules import DEFAULT_STOP_RULES, RULES, StopRule, build_stop_rules
 from tunewise.train.multiobjective import MultiObjective
@@ -61,8 +62,8 @@ class ObjectiveStrategy:
         """(the stop rules that apply, a note per rule left out)."""
         return build_stop_rules(config, elapsed_s=elapsed_s), []
 
-    def not_applied(self, p: dict[str, Any]) -> list[str]:
-        """What a run with parameters `p` leaves out, one note each."""
+    def not_applied(self, settings: StudySettings) -> list[str]:
+        """What a run with these study settings leaves out, one note each."""
         return []
 
     def objective(self, *args, **kwargs) -> Objective:
@@ -79,7 +80,7 @@ class ObjectiveStrategy:
         return open_study(name, storage, identity=identity, sampler=sampler, pruner=pruner, force=force,
                           distributions=distributions)
 
-    def summary_extra(self, study: optuna.Study, p: dict[str, Any]) -> dict[str, Any]:
+    def summary_extra(self, study: optuna.Study, settings: StudySettings) -> dict[str, Any]:
         return {}
 
     def final_tables(self, study: optuna.Study) -> list[tuple[str, list[dict[str, Any]]]]:
@@ -138,9 +139,9 @@ class ParetoFront(ObjectiveStrategy):
                  "has a Pareto front instead" for name in skipped]
         return build_stop_rules(kept, elapsed_s=elapsed_s), notes
 
-    def not_applied(self, p: dict[str, Any]) -> list[str]:
-        notes = self.stop_rules(p["stop_rules"])[1]
-        if p["pruner"] not in (None, "none", {"name": "none"}):
+    def not_applied(self, settings: StudySettings) -> list[str]:
+        notes = self.stop_rules(settings.stop_rules)[1]
+        if settings.pruner not in (None, "none", {"name": "none"}):
             notes.append("pruner not used: Optuna cannot prune a multi-objective trial")
         return notes
 
@@ -161,10 +162,10 @@ class ParetoFront(ObjectiveStrategy):
         return open_study(name, storage, directions=self.directions, sampler=sampler, force=force,
                           identity={**identity, "objectives": list(self.objectives)}, distributions=distributions)
 
-    def summary_extra(self, study: optuna.Study, p: dict[str, Any]) -> dict[str, Any]:
+    def summary_extra(self, study: optuna.Study, settings: StudySettings) -> dict[str, Any]:
         """The objectives, the front, and what was left out."""
         return {"objectives": pareto.objective_names(study), "pareto_front": pareto.pareto_rows(study),
-                "not_applied": self.not_applied(p)}
+                "not_applied": self.not_applied(settings)}
 
     def final_tables(self, study: optuna.Study) -> list[tuple[str, list[dict[str, Any]]]]:
         return [(f"Pareto front of {study.study_name}", pareto.pareto_rows(study))]
@@ -180,9 +181,9 @@ class ParetoFront(ObjectiveStrategy):
         )
 
 
-def strategy_for(p: dict[str, Any]) -> ObjectiveStrategy:
-    """The strategy a run with parameters `p` uses (from `objectives`)."""
-    names = list(p.get("objectives") or ["f1"])
+def strategy_for(objectives: Sequence[str] | None) -> ObjectiveStrategy:
+    """The strategy a run with these `objectives` uses ([f1] or none: macro-F1 alone)."""
+    names = list(objectives or ["f1"])
     return ParetoFront(names) if len(names) > 1 else SingleObjective()
 
 

@@ -43,6 +43,7 @@ from tunewise.records import (
 from tunewise.search.samplers import describe_sampler, make_sampler
 from tunewise.study.budget import StudyClock, finished_trials
 from tunewise.study.runner import INTERRUPTED, RunResult, study_result
+from tunewise.study.settings import StudySettings
 from tunewise.study.storage import ENV_VAR, JOURNAL_NAME, StorageLost, expand_env
 
 THREAD_ENV_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
@@ -62,7 +63,7 @@ class WorkerPlan:
     threads: int  # CPU threads for torch / OpenMP
 
 
-def plan_workers(p: dict[str, Any], n_workers: int, gpus: list[int] | None = None,
+def plan_workers(settings: StudySettings, n_workers: int, gpus: list[int] | None = None,
                  threads: int | None = None) -> list[WorkerPlan]:
     """Which GPU and how many CPU threads each worker gets; ConfigError for bad input.
 
@@ -75,7 +76,7 @@ def plan_workers(p: dict[str, Any], n_workers: int, gpus: list[int] | None = Non
     if threads is not None and (not is_int(threads) or threads < 1):
         raise ConfigError(f"threads: {threads!r} is not allowed; allowed: an integer >= 1, or none "
                           "for the cores split evenly between workers")
-    device = str(p["device"])
+    device = str(settings.device)
     if gpus is not None:
         if device == "cpu":
             raise ConfigError("gpus: given with device 'cpu'; allowed: device auto or cuda, or no --gpus")
@@ -139,7 +140,7 @@ class _Worker:
 
 
 def run_worker_processes(
-    p: dict[str, Any],
+    settings: StudySettings,
     study: optuna.Study,
     plans: list[WorkerPlan],
     log_dir: Path,
@@ -159,11 +160,11 @@ def run_worker_processes(
     clock = StudyClock(study)
     workers: list[_Worker] = []
     interrupted = False
-    if finished_trials(study) < p["n_trials"]:
+    if finished_trials(study) < settings.n_trials:
         log_dir.mkdir(parents=True, exist_ok=True)
         try:
             for plan in plans:
-                workers.append(_spawn(p, study.study_name, plan, log_dir, module))
+                workers.append(_spawn(settings, study.study_name, plan, log_dir, module))
             _watch(workers, study, progress, poll_s)
         except KeyboardInterrupt:
             interrupted = True
@@ -177,21 +178,21 @@ def run_worker_processes(
         finally:
             _kill_all(workers)  # whatever did not stop in time
     described = [_describe(w, study) for w in workers]
-    result = _study_result(study, workers, clock, p["n_trials"], interrupted,
+    result = _study_result(study, workers, clock, settings.n_trials, interrupted,
                            ran=sum(d["trials_run"] for d in described))
     return result, described
 
 
-def _spawn(p: dict[str, Any], study_name: str, plan: WorkerPlan, log_dir: Path, module: str) -> _Worker:
+def _spawn(settings: StudySettings, study_name: str, plan: WorkerPlan, log_dir: Path, module: str) -> _Worker:
     log = log_dir / f"worker-{plan.index}.log"
     result = log_dir / f"worker-{plan.index}.json"
     result.unlink(missing_ok=True)
-    run_dir = str(Path(p["run_dir"]).resolve())
+    run_dir = str(Path(settings.run_dir).resolve())
     overrides = {"run_dir": run_dir, "workers": 1}
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     # The storage travels in the environment, not on the command line others can read.
     # Expanded here: the notebook's storage may be the reference ${TUNEWISE_STORAGE} itself.
-    env[ENV_VAR] = expand_env(p["storage"] or os.environ.get(ENV_VAR) or str(Path(run_dir) / JOURNAL_NAME))
+    env[ENV_VAR] = expand_env(settings.storage or os.environ.get(ENV_VAR) or str(Path(run_dir) / JOURNAL_NAME))
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[2]),
                                                       os.environ.get("PYTHONPATH")]))
     env.update({name: str(plan.threads) for name in THREAD_ENV_VARS})
@@ -377,11 +378,12 @@ def limit_threads(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def worker_sampler(p: dict[str, Any], study: optuna.Study, worker: str | int | None):
-    """The sampler with a seed of this worker's own: workers that share a seed propose the
-    same random trials. Still reproducible for a given worker tag and study size."""
-    spec = describe_sampler(p["sampler"])
-    base = spec.get("seed", p["seed"])
+def worker_sampler(sampler: Any, seed: int | None, study: optuna.Study, worker: str | int | None):
+    """The sampler (``sampler``: its name or spec; ``seed``: the run's) with a seed of this
+    worker's own: workers that share a seed propose the same random trials. Still
+    reproducible for a given worker tag and study size."""
+    spec = describe_sampler(sampler)
+    base = spec.get("seed", seed)
     if base is None:
         return study.sampler  # unseeded: each process draws its own
     tag = worker if worker is not None else f"{socket.gethostname()}:{os.getpid()}"
