@@ -22,7 +22,7 @@ from tunewise import __version__
 from tunewise import config as P
 from tunewise.data.cache import ImageData, describe, load_images
 from tunewise.data.splits import HeldOut, held_out
-from tunewise.train.hparams import TrainConfig
+from tunewise.train.hparams import WARMUP_SHARE, TrainConfig
 from tunewise.study import objectives as MO
 from tunewise.atomic import write_json_atomic
 from tunewise.train.loop import undertrained
@@ -131,6 +131,8 @@ def final_test_indices(p: dict[str, Any], data: ImageData):
 def baseline_params(space: SearchSpace, fixed: dict[str, Any]) -> dict[str, Any]:
     """The default settings (tunewise's, under the user's fixed ones) as a point of the space."""
     defaults = {**TrainConfig().to_dict(), **fixed}
+    if defaults["warmup_epochs"] is None:  # the budget-scaled default, as epochs a searched warmup can take
+        defaults["warmup_epochs"] = WARMUP_SHARE * defaults["epochs"]
     return space.clip({k: defaults[k] for k in space.distributions if k in defaults})
 
 
