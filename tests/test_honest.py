@@ -287,3 +287,11 @@ def test_the_postmortem_puts_study_validation_and_test_side_by_side(tmp_path):
     assert (row["best in study"], row["validation mean"], row["optimism"], row["test score"]) == (0.91, 0.88, 0.03, 0.87)
     shown = tw.show_estimates([study]).data
     assert "Three estimates of the winner" in shown and "0.87" in shown
+
+
+def test_a_searched_warmup_starts_from_the_budget_scaled_default():
+    from tunewise.phases.tuning import baseline_params
+    from tunewise.search.space import SearchSpace
+
+    space = SearchSpace.from_dict({"warmup_epochs": {"type": "float", "low": 0.0, "high": 2.0}})
+    assert baseline_params(space, {"epochs": 20}) == {"warmup_epochs": pytest.approx(1.0)}  # 5% of 20 epochs

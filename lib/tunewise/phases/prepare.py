@@ -36,7 +36,7 @@ from tunewise.study.identity import make_identity, record_params
 from tunewise.study.runner import RunResult, run_trials
 from tunewise.study.storage import JOURNAL_NAME, label, load_if_exists, open_storage
 from tunewise.study.strategy import METRIC, ObjectiveStrategy, SingleObjective, strategy_for, strategy_of
-from tunewise.train.hparams import TrainConfig
+from tunewise.train.hparams import WARMUP_SHARE, TrainConfig
 from tunewise.train.loop import undertrained
 from tunewise.train.objective import TRAIN_LOSS_ATTR, Objective
 
@@ -175,6 +175,8 @@ def baseline_warning(study: optuna.Study) -> str | None:
 def baseline_params(space: SearchSpace, fixed: dict[str, Any]) -> dict[str, Any]:
     """The default settings (tunewise's, under the user's fixed ones) as a point of the space."""
     defaults = {**TrainConfig().to_dict(), **fixed}
+    if defaults["warmup_epochs"] is None:  # the budget-scaled default, as epochs a searched warmup can take
+        defaults["warmup_epochs"] = WARMUP_SHARE * defaults["epochs"]
     return space.clip({k: defaults[k] for k in space.distributions if k in defaults})
 
 
