@@ -101,6 +101,7 @@ class FinalResult:
     ledger: dict[str, Any] = field(default_factory=dict)  # this scoring against the earlier ones
     notes: list[str] = field(default_factory=list)
     wall_s: float = 0.0
+    winner_is_baseline: bool = False  # validation kept the defaults: tuning bought nothing, by construction
 
     @property
     def model_dirs(self) -> list[Path]:
@@ -189,6 +190,7 @@ def run_final(p: Mapping[str, Any], *, log: Callable[[str], None] = print) -> Fi
     single = train_and_evaluate(data, test.pool, [], cfg, device=device, keep_model=True).model
     baseline_model = None
     if base_cfg is not None and base_cfg == cfg:
+        result.winner_is_baseline = True
         result.notes.append("the winner is the baseline (validation found no real gain): one model, trained once")
     elif base_cfg is not None:
         log("training the baseline recipe the same way")
@@ -387,7 +389,7 @@ def summary(p: Mapping[str, Any], r: FinalResult) -> dict[str, Any]:
     scores = {k: s.to_dict() for k, s in r.scores.items()}
     single = r.scores.get("single")
     base = r.scores.get("baseline")
-    bought = single.f1 - base.f1 if single and base else None
+    bought = single.f1 - base.f1 if single and base else (0.0 if single and r.winner_is_baseline else None)
     if single:
         head = f"test macro-F1 {single.f1:.4f} (accuracy {single.accuracy:.3f})"
         if "single_tta" in r.scores:
