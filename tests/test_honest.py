@@ -21,7 +21,7 @@ from tunewise.phases.validate import (
     BOUCKAERT_FRANK, NADEAU_BENGIO, REAL_GAIN, WITHIN_NOISE, Validation, compare_paired, fresh_seeds, optimism,
     validate_configs,
 )
-from tunewise.study.identity import IDENTITY_KEY, TEST_SPLIT_FIELD
+from tunewise.records import IDENTITY_KEY, TEST_SPLIT_FIELD
 
 FAST = {"model": "test_convnext", "epochs": 1, "batch_size": 64, "hflip": False}
 SPACE = {"lr": {"type": "float", "low": 1.0e-4, "high": 1.0e-2, "log": True}}
@@ -273,7 +273,7 @@ def test_the_postmortem_puts_study_validation_and_test_side_by_side(tmp_path):
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
     from tunewise.phases.postmortem import estimates
-    from tunewise.study.identity import TEST_SCORE_KEY, VALIDATION_KEY
+    from tunewise.records import TEST_SCORE_KEY, VALIDATION_KEY
 
     study = optuna.create_study(study_name="quick", storage=JournalStorage(JournalFileBackend(str(tmp_path / "j"))),
                                 direction="maximize")

@@ -263,7 +263,7 @@ def test_papermill_shows_a_parameters_cell_typo_as_one_line(tmp_path):
     nbformat.write(nb, src)
     p = P.resolve(None, {"n_trials": 2, "epochs": 1, "run_dir": str(tmp_path / "run"), "interactive": False})
     with pytest.raises(pm.PapermillExecutionError) as err:
-        pm.execute_notebook(str(src), str(out), parameters=p, kernel_name="python3", progress_bar=False)
+        pm.execute_notebook(str(src), str(out), parameters=dict(p), kernel_name="python3", progress_bar=False)
     assert err.value.ename == "ConfigError" and "did you mean 'n_trials'" in err.value.evalue
     executed = nbformat.read(out, as_version=4)
     [error] = [o for c in executed.cells for o in c.get("outputs", []) if o.output_type == "error"]

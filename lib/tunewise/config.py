@@ -145,7 +145,7 @@ class RunConfig(Mapping):
         return cfg
 
     def check(self) -> None:
-        errors = [*_data_problems(self.data), *self.split.problems(), *self.study.problems(), *self.phase.problems()]
+        errors = [*_data_problems(self.data), *self.study.problems(), *self.split.problems(), *self.phase.problems()]
         if errors:
             raise ConfigError("\n".join(errors))
 

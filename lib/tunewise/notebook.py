@@ -142,10 +142,11 @@ def table(rows: list[dict[str, Any]], caption: str = "") -> HTML:
     pairs, None as a dash; a column of numbers only is right-aligned, any other left."""
     if not rows:
         return HTML(f"<p><i>{html.escape(caption)}: nothing to show</i></p>")
-    return HTML(html_table(rows, columns=list(rows[0]), cell=_fmt, caption=caption))
+    return HTML(_TABLE_STYLE + html_table(rows, columns=list(rows[0]), cell=lambda _key, v: _fmt(v), caption=caption,
+                                          css_class="tunewise-nb", align_numbers=True))
 
 
-def _fmt(key: str, v: Any) -> str:
+def _fmt(v: Any) -> str:
     if isinstance(v, float):
         return f"{v:.4g}"
     if isinstance(v, dict):

@@ -104,6 +104,9 @@ def inherit(p: dict[str, Any], phase: str, explicit: Iterable[str], source: optu
             taken[key] = recorded[key]
     if conflicts and not p["new_study"]:
         raise ConfigError(_conflict_message(phase, source.study_name, conflicts, "--set"))
+    space = source.user_attrs.get(SPACE_KEY)
+    if phase == "focused" and "search_space" not in explicit and space and space != p["search_space"]:
+        taken["search_space"] = space  # the focused phase narrows the space its source searched
     return P.replace(p, **taken) if taken else p
 
 

@@ -10,6 +10,7 @@ import html
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from tunewise import units
+from tunewise.errors import is_number
 
 
 def html_table(
@@ -21,21 +22,29 @@ def html_table(
     caption: str = "",
     css_class: str | None = None,
     raw: Iterable[str] = (),
+    align_numbers: bool = False,
 ) -> str:
     """A ``<table>`` of ``rows`` (dicts), one column per key of ``columns`` (default: every
     key in the rows, in first-seen order), headed by ``headers[key]`` (default: the key),
     each cell ``cell(key, value)`` (default: ``str``, None empty), then escaped unless its
-    column is in ``raw``."""
+    column is in ``raw``. ``align_numbers``: a column of numbers only gets class 'num' (right
+    aligned by the caller's style), any other column none."""
     columns = list(columns) if columns is not None else list(dict.fromkeys(k for row in rows for k in row))
     headers = headers or {}
     cell = cell or _plain
     raw = set(raw)
 
+    numeric = {k for k in columns if align_numbers
+               and all(is_number(row.get(k), finite=False) for row in rows if row.get(k) is not None)}
+
+    def attr(key: str) -> str:
+        return " class='num'" if key in numeric else ""
+
     def td(key: str, value: Any) -> str:
         text = cell(key, value)
-        return f"<td>{text if key in raw else html.escape(text)}</td>"
+        return f"<td{attr(key)}>{text if key in raw else html.escape(text)}</td>"
 
-    head = "".join(f"<th>{html.escape(str(headers.get(k, k)))}</th>" for k in columns)
+    head = "".join(f"<th{attr(k)}>{html.escape(str(headers.get(k, k)))}</th>" for k in columns)
     body = "".join("<tr>" + "".join(td(k, row.get(k)) for k in columns) + "</tr>" for row in rows)
     cls = f' class="{css_class}"' if css_class else ""
     cap = f"<caption style='text-align:left'><b>{html.escape(caption)}</b></caption>" if caption else ""
