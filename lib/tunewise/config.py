@@ -32,6 +32,8 @@ from tunewise.data.splits import SplitSettings
 from tunewise.study.settings import PHASES, StudySettings  # noqa: F401  (PHASES: re-exported)
 
 FOCUS_MODES = ("warm_start", "resume")
+# Each phase's notebook in notebooks/, numbered in pipeline order (1_quick.ipynb, ...).
+NOTEBOOK_FILES = {phase: f"{i}_{phase}.ipynb" for i, phase in enumerate(PHASES, start=1)}
 
 # Parameters holding a file or folder: recorded absolute (study record, final.yaml), so a
 # worker or a params file works from any folder. Built-in dataset names stay names.

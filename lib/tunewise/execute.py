@@ -21,6 +21,7 @@ from typing import Any
 
 import papermill as pm
 
+from tunewise import config
 from tunewise import params as P
 from tunewise import units
 from tunewise.errors import ConfigError
@@ -32,7 +33,7 @@ from tunewise.study.storage import for_kernel
 NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
 PRESETS = Path(__file__).resolve().parents[2] / "params"
 # The folder reads as the pipeline: each phase's notebook is numbered by its place in it.
-NOTEBOOK_FILES = {phase: f"{i}_{phase}.ipynb" for i, phase in enumerate(P.PHASES, start=1)}
+NOTEBOOK_FILES = config.NOTEBOOK_FILES  # phase -> its notebook, in pipeline order
 
 
 @dataclass

@@ -43,7 +43,7 @@ def committed_defaults(phase: str) -> dict[str, Any]:
     """The values in the phase notebook's committed parameters cell (literals), over the
     parameters' defaults for the names the cell does not set."""
     values = dict(C.DEFAULTS)
-    path = NOTEBOOKS / f"{phase}.ipynb"
+    path = NOTEBOOKS / C.NOTEBOOK_FILES.get(phase, f"{phase}.ipynb")
     if not path.is_file():
         return values
     cells = json.loads(path.read_text())["cells"]
