@@ -31,6 +31,7 @@ from tunewise.execute import phase_params, run_phase
 from tunewise.phases import final as F
 from tunewise.phases import tuning
 from tunewise.phases.predict import predict
+from tunewise.study.storage import open_storage
 
 FAST = {"model": "test_convnext", "epochs": 1, "batch_size": 128, "hflip": True, "test_fraction": 0.5,
         "pruner": "none", "search_space": {"lr": {"type": "float", "low": 1.0e-3, "high": 1.0e-2, "log": True}}}
@@ -63,7 +64,8 @@ def run(tmp_path_factory):
     data = cache.load_images(DataSpec("digits", img_size=32), root / "cache")
     pngs = write_pngs(root / "new_images", data.images[:24].numpy())
     p = phase_params("final", None, {"run_dir": str(root / "final"), "final_params": str(root / "validate" / "final.yaml"),
-                                     "final_folds": 2, "predict_images": str(pngs), "cache_dir": str(root / "cache")})
+                                     "final_folds": 2, "predict_images": str(pngs), "cache_dir": str(root / "cache"),
+                                     "storage": common["storage"]})
     result = run_phase("final", p)
     assert result.ok, result.error
     return {"root": root, "p": p, "summary": result.summary, "pngs": pngs, "out": root / "final"}
@@ -100,6 +102,22 @@ def test_final_notebook_scores_the_test_split_and_exports_timm_folders(run):
     assert "F1 per class on the test split" in page and "Model scored" in page
     rows = list(csv.DictReader(open(out / "predictions.csv")))  # the notebook's predict cell
     assert len(rows) == 24
+
+
+def test_the_test_score_is_recorded_on_the_study_for_the_postmortem(run):
+    """The post-mortem sets the study's best, the validation mean and the test score side by
+    side: the final phase records the score on the study the winner came from."""
+    import optuna
+
+    from tunewise.phases import postmortem
+    from tunewise.records import TEST_SCORE_KEY
+
+    study = optuna.load_study(study_name="quick", storage=open_storage(run["p"]["storage"], run["root"]))
+    recorded = study.user_attrs[TEST_SCORE_KEY]
+    assert recorded["value"] == run["summary"]["scores"]["single"]["macro_f1"]
+    assert recorded["weights_sha256"] == run["summary"]["weights_sha256"]
+    row = postmortem.estimates(study)
+    assert row["test score"] == recorded["value"] and row["best in study"] is not None
 
 
 PLAIN_TIMM = textwrap.dedent("""

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import os
 import shutil
@@ -38,13 +39,17 @@ from tunewise import config as P
 from tunewise.atomic import write_json_atomic
 from tunewise.data.cache import ImageData, load_images
 from tunewise.data.splits import HeldOut, kfold_splits
-from tunewise.errors import ConfigError
+from tunewise.errors import ConfigError, TunewiseError
+from tunewise.records import TEST_SCORE_KEY
+from tunewise.study.storage import load_if_exists, open_storage
 from tunewise.phases.tuning import holdout
 from tunewise.train.hparams import TrainConfig
 from tunewise.train.infer import probabilities
 from tunewise.train.loop import resolve_device, train_and_evaluate
 from tunewise.train.models import model_norm
 from tunewise.train.objective import Objective
+
+_log = logging.getLogger(__name__)
 
 WEIGHTS_FILE = "model.safetensors"
 TIMM_CONFIG = "config.json"
@@ -226,8 +231,28 @@ def run_final(p: Mapping[str, Any], *, log: Callable[[str], None] = print) -> Fi
         result.ensemble_dirs.append(folder)
     if len(test.indices):
         _append_ledger(run_dir, earlier, result)
+        _record_on_study(p, lineage.get("study"), lineage["test"], result.weights_sha256)
     result.wall_s = time.perf_counter() - start
     return result
+
+
+def _record_on_study(p: Mapping[str, Any], study_name: str | None, test: dict[str, Any] | None, weights: str) -> None:
+    """The test score on the study the winner came from (``tunewise.test_score``), so the
+    post-mortem sets it beside the study's best and the validation mean. A study that cannot
+    be found (another storage, a renamed study) only loses that line: the score stays in this
+    phase's summary and test-scores.json."""
+    if not study_name or not test:
+        return
+    try:
+        study = load_if_exists(open_storage(p["storage"], p["run_dir"], must_exist=True), study_name)
+    except TunewiseError:
+        study = None
+    if study is None:
+        _log.warning("test score not recorded on study %r: not found in this run's storage", study_name)
+        return
+    single = test.get("single") or next((v for k, v in test.items() if isinstance(v, dict) and "macro_f1" in v), {})
+    study.set_user_attr(TEST_SCORE_KEY, {"value": single.get("macro_f1"), "accuracy": single.get("accuracy"),
+                                         "weights_sha256": weights, "scored_at": test.get("scored_at"), "scores": test})
 
 
 def _f1(y_true, y_pred, n: int) -> float:
