@@ -107,8 +107,8 @@ _PLOTS_JS = """() => [...document.querySelectorAll('.tunewise-plot')].map(d => (
     drawn: !!d._fullLayout,
     svg: d.querySelectorAll('svg.main-svg').length,
     data: (d._fullData || []).filter(t => t.visible === true).length,
-    traces: d.querySelectorAll('svg.main-svg g.trace').length,
-    marks: d.querySelectorAll('svg.main-svg g.trace path, svg.main-svg g.trace rect').length,
+    traces: d.querySelectorAll('svg.main-svg g.trace, svg.main-svg g.hm').length,  // g.hm: a heatmap (confusion matrix)
+    marks: d.querySelectorAll('svg.main-svg g.trace path, svg.main-svg g.trace rect, svg.main-svg g.hm image').length,
     notes: d.querySelectorAll('svg.main-svg .annotation-text').length,
     width: d.getBoundingClientRect().width, height: d.getBoundingClientRect().height,
 }))"""
@@ -227,8 +227,8 @@ def test_quick_notebook_in_jupyterlab_widgets_live_chart_progress(chromium, lab,
         lr_row = editor.locator(".widget-hbox", has_text="lr").first
         batch = editor.locator(".widget-hbox", has_text="batch_size").locator("select[multiple]")
         status = editor.locator(".widget-html-content").last
-        readout = lr_row.locator(".widget-readout")
-        assert readout.inner_text() == "0.0001-0.01"
+        readout = lr_row.locator(".widget-label", has_text=" to ")  # the editor's own readout ("1e-05-0.01" read as one number)
+        assert readout.inner_text() == "0.0001 to 0.01"
         assert batch.evaluate("s => [...s.selectedOptions].map(o => o.textContent)") == ["32", "64"]
         assert status.inner_text().startswith("2 searched, 0 fixed")
         before = status.inner_text()
@@ -241,7 +241,7 @@ def test_quick_notebook_in_jupyterlab_widgets_live_chart_progress(chromium, lab,
             upper.press("ArrowLeft")
         batch.locator("option", has_text="64").click()
         page.wait_for_function("([el, old]) => el.textContent !== old", arg=[status.element_handle(), before], timeout=10_000)
-        assert readout.inner_text() == "0.0001-0.001"
+        assert readout.inner_text() == "0.0001 to 0.001"
         assert batch.evaluate("s => [...s.selectedOptions].map(o => o.textContent)") == ["64"]
         editor.screenshot(path=artifact(f"lab-editor-after{shot}.png"))
 

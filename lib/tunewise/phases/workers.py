@@ -16,7 +16,6 @@ Worker logs and results go to ``<run_dir>/workers/``.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import sys
@@ -24,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 import optuna
+import yaml
 
 from tunewise import config
 from tunewise.atomic import write_json_atomic, write_summary_files
@@ -141,7 +141,7 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--threads", type=int)
     ap.add_argument("--parent-pid", type=int)
     ap.add_argument("--result")
-    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=JSON")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     return ap
 
 
@@ -164,12 +164,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _parse_set(items: list[str]) -> dict[str, Any]:
-    """The ``--set KEY=JSON`` overrides run_workers passes each worker (users type YAML into
-    ``tunewise worker``, which params.parse_set reads; this entry point is for run_workers)."""
+    """The ``--set KEY=VALUE`` overrides, each VALUE read as YAML: run_workers writes JSON (a
+    subset of YAML), and a plain path or name (typed by hand) is a YAML string."""
     out: dict[str, Any] = {}
     for item in items:
         key, _, raw = item.partition("=")
-        out[key.strip()] = json.loads(raw)
+        out[key.strip()] = yaml.safe_load(raw) if raw.strip() else None
     config.check_keys(out, "--set")
     return out
 
