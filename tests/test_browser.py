@@ -228,10 +228,13 @@ def test_quick_notebook_in_jupyterlab_widgets_live_chart_progress(chromium, lab,
         batch = editor.locator(".widget-hbox", has_text="batch_size").locator("select[multiple]")
         status = editor.locator(".widget-html-content").last
         readout = lr_row.locator(".widget-label", has_text=" to ")  # the editor's own readout ("1e-05-0.01" read as one number)
-        assert readout.inner_text() == "0.0001 to 0.01"
+        # Both lines are drawn from the kernel's widget state, which may land just after the editor.
+        for line in (readout, status):
+            page.wait_for_function("el => el.textContent.trim().length > 0", arg=line.element_handle(), timeout=15_000)
+        assert readout.text_content() == "0.0001 to 0.01"
         assert batch.evaluate("s => [...s.selectedOptions].map(o => o.textContent)") == ["32", "64"]
-        assert status.inner_text().startswith("2 searched, 0 fixed")
-        before = status.inner_text()
+        assert status.text_content().startswith("2 searched, 0 fixed")
+        before = status.text_content()
         editor.screenshot(path=artifact(f"lab-editor-before{shot}.png"))
 
         # Move the lr slider's upper handle a decade down, keep only batch size 64.
@@ -241,7 +244,10 @@ def test_quick_notebook_in_jupyterlab_widgets_live_chart_progress(chromium, lab,
             upper.press("ArrowLeft")
         batch.locator("option", has_text="64").click()
         page.wait_for_function("([el, old]) => el.textContent !== old", arg=[status.element_handle(), before], timeout=10_000)
-        assert readout.inner_text() == "0.0001 to 0.001"
+        # The readout is the kernel's (a Label it updates on each step): wait for the last step to land.
+        page.wait_for_function("([el, want]) => el.textContent === want", arg=[readout.element_handle(), "0.0001 to 0.001"],
+                               timeout=15_000)
+        assert readout.text_content() == "0.0001 to 0.001"
         assert batch.evaluate("s => [...s.selectedOptions].map(o => o.textContent)") == ["64"]
         editor.screenshot(path=artifact(f"lab-editor-after{shot}.png"))
 

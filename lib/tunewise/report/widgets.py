@@ -146,7 +146,7 @@ class _SearchedRow(_Row):
         self.fixed_input = fixed_input
         self.fixed_input.layout.display = "none"
         # A readout of our own where the widget's says too little (see _log_readout, _choice_readout).
-        self.readout = Label(readout(), layout=Layout(width="150px")) if readout else None
+        self.readout = Label(readout(), layout=Layout(width="280px")) if readout else None
         if readout:
             chooser.observe(lambda _: setattr(self.readout, "value", readout()), names="value")
         super().__init__(name, spec, [chooser, *([self.readout] if readout else []), self.fix, fixed_input])
