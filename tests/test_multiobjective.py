@@ -139,7 +139,7 @@ def test_a_small_multi_model_multi_objective_study(tmp_path):
     [front] = summary["pareto"]
     assert front["study"] == "pareto" and len(front["front"]) == len(pareto.pareto_front(study))
     assert front["best_under_limits"].startswith("Best macro-F1 within 1000 ms per image:")
-    assert summary["headline"] == f"1 studies; best macro-F1 {summary['studies'][0]['best_value']:.4f} in single; " \
+    assert summary["headline"] == f"1 study; best macro-F1 {summary['studies'][0]['best_value']:.4f} in single; " \
         f"pareto: {len(front['front'])} trials on the Pareto front"
     assert "No gate for a multi-objective study" in tw.verdict(study, p).data
     with pytest.raises(ConfigError, match="is multi-objective: the focused phase narrows around one best value"):

@@ -778,8 +778,9 @@ def postmortem_summary(p: dict[str, Any], studies: list[optuna.Study]) -> dict[s
     limits = (p["max_latency_ms"] or None, p["max_params"] or None)
     fronts = [{"study": s.study_name, "front": pareto.pareto_rows(s), "best_under_limits": pareto.answer(s, *limits)}
               for s in pareto_studies(p)]
-    headline = [f"{len(studies)} studies; best macro-F1 {best['best']:.4f} in {best['study']}" if best
-                else f"{len(studies)} studies, none complete"] if studies or not fronts else []
+    counted = f"{len(studies)} stud{'y' if len(studies) == 1 else 'ies'}"
+    headline = [f"{counted}; best macro-F1 {best['best']:.4f} in {best['study']}" if best
+                else f"{counted}, none complete"] if studies or not fronts else []
     headline += [f"{f['study']}: {len(f['front'])} trials on the Pareto front" for f in fronts]
     summary = {
         "phase": p["phase"], "studies": [postmortem.summarize_study(s) for s in studies], "phase_table": rows,
