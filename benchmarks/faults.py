@@ -33,7 +33,8 @@ import optuna
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "lib"))
 
-from tunewise.study.identity import FINISHED_STATES, make_identity, open_study  # noqa: E402
+from tunewise.records import FINISHED_STATES  # noqa: E402
+from tunewise.study.identity import make_identity, open_study  # noqa: E402
 from tunewise.study.journal import repair  # noqa: E402
 from tunewise.study.storage import open_storage  # noqa: E402
 
@@ -158,13 +159,18 @@ def sigkills(root: Path, url: str, budget: int, kills: int, name: str) -> dict:
     return row(f"{kills} SIGKILLs of 3 workers ({name})", bench, first_before, first_after, recovery, procs)
 
 
-def torn_tail(root: Path, budget: int) -> dict:
+def half_done_then_killed(root: Path, budget: int) -> tuple["Bench", int]:
+    """A journal study one worker has half filled when it is SIGKILLed: (the bench, trials finished)."""
     bench = Bench(root, str(root / "study.journal"), budget, sleep_s=0.1)
     first = bench.start()
     bench.wait_finished(budget // 2, [first])
     first.send_signal(signal.SIGKILL)
     first.wait()
-    before = bench.finished()
+    return bench, bench.finished()
+
+
+def torn_tail(root: Path, budget: int) -> dict:
+    bench, before = half_done_then_killed(root, budget)
     with open(bench.url, "ab") as fh:  # what a writer killed mid-append leaves
         fh.write(TORN)
     fault_t = time.monotonic()
@@ -176,12 +182,7 @@ def torn_tail(root: Path, budget: int) -> dict:
 def broken_middle(root: Path, budget: int) -> dict:
     """A fragment glued to the record after it, in the middle: the open refuses with the
     file and line; `tunewise repair` salvages, and the study resumes."""
-    bench = Bench(root, str(root / "study.journal"), budget, sleep_s=0.1)
-    first = bench.start()
-    bench.wait_finished(budget // 2, [first])
-    first.send_signal(signal.SIGKILL)
-    first.wait()
-    before = bench.finished()
+    bench, before = half_done_then_killed(root, budget)
     lines = Path(bench.url).read_bytes().splitlines(keepends=True)
     Path(bench.url).write_bytes(b"".join(lines[:-1]) + TORN + lines[-1])
     fault_t = time.monotonic()

@@ -14,7 +14,6 @@ the ratio tunewise / plain. Prints a markdown table and the command.
 from __future__ import annotations
 
 import argparse
-import os
 import platform
 import shutil
 import sys

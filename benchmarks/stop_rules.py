@@ -40,7 +40,8 @@ import numpy as np
 import optuna
 from optuna import terminator
 
-from tunewise.study.stoprules import NOISE_FLOOR_ATTR, ROI, Budget, NoiseFloor, Plateau, Target
+from tunewise.records import NOISE_FLOOR_KEY
+from tunewise.study.stoprules import ROI, Budget, NoiseFloor, Plateau, Target
 
 SEED = 0
 BUDGET = 100  # trials per curve: the seed's trial cap
@@ -203,7 +204,7 @@ def stops_on(curve: Curve, noise_recorded: bool) -> dict[str, int]:
     stops = dict.fromkeys(pending, BUDGET)
     study = optuna.create_study(direction="maximize")
     if noise_recorded:
-        study.set_user_attr(NOISE_FLOOR_ATTR, curve.noise)
+        study.set_user_attr(NOISE_FLOOR_KEY, curve.noise)
     for n, trial in enumerate(curve.trials, start=1):
         study.add_trial(trial)
         frozen = study.get_trials(deepcopy=False)[-1]

@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lib"))
 
 from tunewise import params as P  # noqa: E402
 from tunewise.study.storage import open_storage  # noqa: E402
-from tunewise.study.identity import FINISHED_STATES  # noqa: E402
+from tunewise.records import FINISHED_STATES  # noqa: E402
 from tunewise.phases.workers import run_workers  # noqa: E402
 
 SPACE = {
