@@ -36,6 +36,7 @@ MERGED_KEY = "tunewise.merged_from"  # one entry per merge into this study
 MERGED_ELAPSED_KEY = "tunewise.merged_elapsed_s"  # seconds spent, per merged source study
 TEST_SCORE_KEY = "tunewise.test_score"  # {"value": macro-F1 on the untouched test split, ...}: the final phase's one score
 VALIDATION_KEY = "tunewise.validation"  # the validation phase's result, on the study it validated
+TRACKING_RUNS_KEY = "tunewise.tracking_runs"  # {tracking server (password masked): its MLflow run id of this study}
 TEST_SPLIT_FIELD = "test_split"  # the field of tunewise.identity holding the test split's {fraction, seed, n, indices_sha256}
 
 # --- trial user attributes ------------------------------------------------------------------

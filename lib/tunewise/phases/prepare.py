@@ -36,6 +36,7 @@ from tunewise.study.identity import make_identity, record_params
 from tunewise.study.runner import RunResult, run_trials
 from tunewise.study.storage import JOURNAL_NAME, label, load_if_exists, open_storage
 from tunewise.study.strategy import METRIC, ObjectiveStrategy, SingleObjective, strategy_for, strategy_of
+from tunewise.study.tracking import NoTracking, check_tracking, open_tracker
 from tunewise.train.hparams import WARMUP_SHARE, TrainConfig
 from tunewise.train.loop import undertrained
 from tunewise.train.objective import TRAIN_LOSS_ATTR, Objective
@@ -74,6 +75,7 @@ def check(p: Mapping[str, Any], space: SearchSpace | None = None) -> Checked:
     strategy = strategy_for(study.objectives)
     pruner = strategy.pruner(make_pruner(study.pruner))
     strategy.stop_rules(study.stop_rules)  # checks the rules now; built again with the clock in run_here()
+    check_tracking(study)  # the tracking package is there
     data = load_images(p.data, study.cache_dir)
     announce(data)  # one line of what was loaded, once per process
     test = holdout(p, data)
@@ -187,22 +189,43 @@ def run_here(
     show_progress_bar: bool = False,
     prep: Prepared | None = None,
     baseline: float | None = None,
+    joined: bool = False,
 ) -> dict[str, Any]:
     """Run (or resume) the phase's study in this process; returns the summary also written
-    to summary.json (arguments as tuning.tune's)."""
+    to summary.json (arguments as tuning.tune's; ``joined``: a worker joining a study that
+    another process started, which leaves the study's earlier trials to that one's tracking)."""
     prep = prep or prepare(p)
     settings = prep.params.study
     study = prep.study
     start_new_study(prep)
+    tracker = start_tracking(prep, sync=not joined)
     clock = StudyClock(study)
     rules, _ = prep.strategy.stop_rules(settings.stop_rules, elapsed_s=clock.elapsed_s)
     result = run_trials(
-        study, prep.objective, n_trials=settings.n_trials, timeout=settings.timeout, callbacks=[*rules, *callbacks],
-        clock=clock, show_progress_bar=show_progress_bar,
+        study, prep.objective, n_trials=settings.n_trials, timeout=settings.timeout,
+        callbacks=[*rules, *callbacks, tracker.on_trial], clock=clock, show_progress_bar=show_progress_bar,
     )
     summary = summarize(prep, result, baseline)
+    finish_tracking(tracker, prep, summary, sync=not joined)
     write_summary_files(prep.run_dir, settings.phase, summary)
     return summary
+
+
+def start_tracking(prep: Prepared, *, sync: bool = True) -> NoTracking:
+    """The study's tracker (``tracking``), its parent run found or made before the first trial."""
+    tracker = open_tracker(prep.params.study, prep.strategy.metric_names)
+    p = prep.params
+    tracker.start(prep.study, {"phase": p["phase"], "storage": storage_label(p), "sampler": describe_sampler(p["sampler"]),
+                               "pruner": describe_pruner(p["pruner"]), "search_space": prep.space.to_dict(),
+                               "n_trials": p["n_trials"]}, sync=sync)
+    return tracker
+
+
+def finish_tracking(tracker: NoTracking, prep: Prepared, summary: dict[str, Any], *, sync: bool = True) -> None:
+    """The study's outcome logged; the summary gets ``tracking``: where, and what could not be logged."""
+    entry = tracker.finish(prep.study, summary, sync=sync)
+    if entry is not None:
+        summary["tracking"] = entry
 
 
 def start_new_study(prep: Prepared) -> None:

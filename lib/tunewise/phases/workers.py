@@ -75,10 +75,12 @@ def run_workers(
     plans = plan_workers(p.study, n_workers, gpus, threads)
     prep = prep or phase.prepare(p)
     phase.start_new_study(prep)
+    tracker = phase.start_tracking(prep)  # the parent run, before any worker looks for it
     result, described = run_worker_processes(p.study, prep.study, plans, prep.run_dir / "workers", WORKER_MODULE,
                                              progress=progress, poll_s=poll_s, stop_grace_s=stop_grace_s)
     summary = phase.summarize(prep, result, baseline)
     summary["workers"] = described
+    phase.finish_tracking(tracker, prep, summary)  # what a worker could not log, logged now
     write_summary_files(prep.run_dir, p["phase"], summary)
     return summary
 
@@ -123,7 +125,7 @@ def join_study(
     extra = list(callbacks or [])
     if parent_pid:
         extra.append(ParentWatch(parent_pid))
-    summary = phase.run_here(p, prep=prep, callbacks=extra)
+    summary = phase.run_here(p, prep=prep, callbacks=extra, joined=True)
     if result_path:
         write_json_atomic(result_path, summary)
     return summary

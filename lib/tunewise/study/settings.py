@@ -14,6 +14,7 @@ from tunewise.errors import ConfigError, FieldChecks, is_int, is_number
 from tunewise.train.objective_names import check_objectives
 
 PHASES = ("quick", "focused", "validate", "final", "postmortem")
+TRACKING = ("none", "mlflow", "tensorboard")  # where trials are also logged (study/tracking.py)
 
 
 @dataclass(frozen=True)
@@ -37,10 +38,12 @@ class StudySettings:
     objectives: list = field(default_factory=lambda: ["f1"])  # [f1]: macro-F1 alone; add latency_ms and/or params for a Pareto front
     workers: int = 1  # worker processes filling the study together (one per GPU or CPU slot)
     gpus: list = field(default_factory=list)  # with workers > 1: GPU indices to spread them over ([]: every visible GPU, or the CPU)
+    tracking: str = "none"  # none | mlflow ($MLFLOW_TRACKING_URI, else RUN_DIR/mlflow.db) | tensorboard (RUN_DIR/tensorboard)
 
     def problems(self) -> list[str]:
         c = FieldChecks(self)
         c.need(self.phase in PHASES, "phase", ", ".join(PHASES))
+        c.need(self.tracking in TRACKING, "tracking", ", ".join(TRACKING))
         c.need(is_int(self.n_trials) and self.n_trials >= 1, "n_trials", "an integer >= 1")
         c.need(is_int(self.workers) and self.workers >= 1, "workers", "an integer >= 1")
         c.need(isinstance(self.gpus, list) and all(is_int(g) and g >= 0 for g in self.gpus)

@@ -27,6 +27,10 @@ from tunewise.train.loop import EpochMetrics, NonFiniteLoss, resolve_device, tra
 
 
 TRAIN_LOSS_ATTR = "train_loss"  # trial user attr: mean training loss of each epoch, in order
+# Trial user attrs: validation macro-F1 and accuracy of each epoch, in order (experiment
+# tracking draws them as curves; multi-objective trials report no intermediate values).
+F1_CURVE_ATTR = "f1_per_epoch"
+ACCURACY_CURVE_ATTR = "accuracy_per_epoch"
 
 
 class TrialFailed(Exception):
@@ -122,10 +126,16 @@ class Objective:
         cfg = self.settings(params)
 
         losses: list[float] = []
+        f1s: list[float] = []
+        accuracies: list[float] = []
 
         def report(m: EpochMetrics) -> None:
             losses.append(round(m.train_loss, 5))
+            f1s.append(m.f1)
+            accuracies.append(m.accuracy)
             trial.set_user_attr(TRAIN_LOSS_ATTR, losses)  # the pre-flight reads the baseline's curve
+            trial.set_user_attr(F1_CURVE_ATTR, f1s)
+            trial.set_user_attr(ACCURACY_CURVE_ATTR, accuracies)
             trial.set_user_attr("accuracy", m.accuracy)
             trial.set_user_attr(EPOCHS_RUN_KEY, m.epoch)
             self.report(trial, m)
