@@ -39,7 +39,8 @@ from tunewise.study.stoprules import Verdict, should_continue_optimization
 from tunewise.study.storage import load_if_exists, open_storage
 from tunewise.study.strategy import strategy_of
 from tunewise.report.tables import html_table, phase_table_html
-from tunewise.phases.validate import Validation, noise_std, optimism, save_noise, validate_configs, write_params_file
+from tunewise.phases.validate import (Validation, log_validation, noise_std, optimism, save_noise, validate_configs,
+                                      write_params_file)
 from tunewise.records import IDENTITY_KEY, PARAMS_KEY, TEST_SPLIT_FIELD, VALIDATION_KEY
 
 # JupyterLab draws plotly's own mime type natively, and the HTML report turns it into
@@ -610,6 +611,9 @@ def record_validation(p: dict[str, Any], source: optuna.Study, v: Validation, co
                     f"over {len(v.seeds)} seeds (noise {noise:.4f}; {comparison.test}); winner {winner_name}"
                     + ("" if best_gap is None else f"; optimism of the search {best_gap:+.4f}"),
     }
+    tracked = log_validation(p, source, v, comparison, summary)
+    if tracked is not None:
+        summary["tracking"] = tracked
     write_summary(p, summary)
     return summary
 
@@ -830,9 +834,13 @@ def show_final(r) -> HTML:
 
 
 def record_final(p: dict[str, Any], r) -> dict[str, Any]:
+    from tunewise.phases.final import log_final
     from tunewise.phases.final import summary as final_summary
 
     summary = final_summary(p, r)
+    tracked = log_final(p, r, summary)
+    if tracked is not None:
+        summary["tracking"] = tracked
     write_summary(p, summary)
     return summary
 

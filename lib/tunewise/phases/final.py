@@ -42,6 +42,7 @@ from tunewise.data.splits import HeldOut, kfold_splits
 from tunewise.errors import ConfigError, TunewiseError
 from tunewise.records import TEST_SCORE_KEY
 from tunewise.study.storage import load_if_exists, open_storage
+from tunewise.study.trackers import open_tracker
 from tunewise.phases.tuning import holdout
 from tunewise.train.hparams import TrainConfig
 from tunewise.train.infer import probabilities
@@ -236,6 +237,16 @@ def run_final(p: Mapping[str, Any], *, log: Callable[[str], None] = print) -> Fi
     return result
 
 
+def _source_study(p: Mapping[str, Any], study_name: str | None):
+    """The study the winner came from, in this run's storage, or None."""
+    if not study_name:
+        return None
+    try:
+        return load_if_exists(open_storage(p["storage"], p["run_dir"], must_exist=True), study_name)
+    except TunewiseError:
+        return None
+
+
 def _record_on_study(p: Mapping[str, Any], study_name: str | None, test: dict[str, Any] | None, weights: str) -> None:
     """The test score on the study the winner came from (``tunewise.test_score``), so the
     post-mortem sets it beside the study's best and the validation mean. A study that cannot
@@ -243,10 +254,7 @@ def _record_on_study(p: Mapping[str, Any], study_name: str | None, test: dict[st
     phase's summary and test-scores.json."""
     if not study_name or not test:
         return
-    try:
-        study = load_if_exists(open_storage(p["storage"], p["run_dir"], must_exist=True), study_name)
-    except TunewiseError:
-        study = None
+    study = _source_study(p, study_name)
     if study is None:
         _log.warning("test score not recorded on study %r: not found in this run's storage", study_name)
         return
@@ -437,3 +445,23 @@ def summary(p: Mapping[str, Any], r: FinalResult) -> dict[str, Any]:
         "training_settings": r.recipe.train_settings, "wall_s": round(r.wall_s, 2), "tunewise_version": __version__,
         "validation_summary": r.recipe.validation,  # what the recipe came with, for a re-run in the same folder
     }
+
+
+def log_final(p: Mapping[str, Any], r: FinalResult, summary: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The final model logged where ``tracking`` says (None: nowhere): a run under the source
+    study's run with the training settings, the test scores, and the model folder as an
+    artifact. Never raises for an unreachable destination: the entry lists what was not logged."""
+    settings = P.as_config(p).study
+    if settings.tracking == "none":
+        return None
+    metrics = {f"test.{name}.{key}": value for name, s in r.scores.items()
+               for key, value in (("macro_f1", s.f1), ("accuracy", s.accuracy))}
+    metrics.update({k: summary.get(k) for k in ("tuning_bought_on_test", "study_best", "validation_mean", "oof_f1",
+                                                "wall_s")})
+    record = {"params": {**{f"train.{k}": v for k, v in r.recipe.train_settings.items()},
+                         "params_file": str(r.recipe.path), "final_folds": len(r.ensemble_dirs)},
+              "metrics": metrics, "artifacts": [r.model_dir],
+              "tags": {"tunewise.weights_sha256": r.weights_sha256, "tunewise.ledger": r.ledger.get("status"),
+                       "tunewise.headline": summary.get("headline"), "mlflow.note.content": summary.get("headline")}}
+    source = _source_study(p, (r.recipe.validation or {}).get("source_study"))
+    return open_tracker(settings).log_phase(source, "final", record)

@@ -36,7 +36,8 @@ from tunewise.study.identity import make_identity, record_params
 from tunewise.study.runner import RunResult, run_trials
 from tunewise.study.storage import JOURNAL_NAME, label, load_if_exists, open_storage
 from tunewise.study.strategy import METRIC, ObjectiveStrategy, SingleObjective, strategy_for, strategy_of
-from tunewise.study.tracking import NoTracking, check_tracking, open_tracker
+from tunewise.study.tracking import NoTracking
+from tunewise.study.trackers import check_tracking, open_tracker
 from tunewise.train.hparams import WARMUP_SHARE, TrainConfig
 from tunewise.train.loop import undertrained
 from tunewise.train.objective import TRAIN_LOSS_ATTR, Objective

@@ -42,6 +42,7 @@ from tunewise.train.objective import Objective
 from tunewise.data.splits import HeldOut, kfold_splits, train_val_split
 from tunewise.records import NOISE_FLOOR_KEY
 from tunewise.study.storage import shareable
+from tunewise.study.trackers import open_tracker
 from tunewise.train.loop import NonFiniteLoss, train_and_evaluate
 
 SEEDS = (42, 777, 2024)  # the seed's validation seeds
@@ -432,3 +433,28 @@ def optimism(in_study: Mapping[str, float | None], validation: Validation) -> di
         out[name] = {"in_study": score, "fresh_mean": fresh,
                      "gap": None if score is None or fresh is None else float(score - fresh)}
     return out
+
+
+def log_validation(p: Mapping[str, Any], source: optuna.Study, v: Validation, comparison: Comparison,
+                   summary: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The validation phase logged where ``tracking`` says (None: nowhere): a run under the
+    source study's run with the verdict and each configuration's mean and std, and one
+    nested run per training run (configuration, seed, fold: macro-F1, accuracy). Never
+    raises for an unreachable destination: the returned entry lists what was not logged."""
+    settings = P.as_config(p).study
+    if settings.tracking == "none":
+        return None
+    c = comparison
+    metrics = {**{f"mean.{k}": m for k, m in v.means.items()}, **{f"std.{k}": s for k, s in v.stds.items()},
+               "noise_std": summary.get("noise_std"), "mean_diff": c.mean_diff, "ci_low": c.ci_low,
+               "ci_high": c.ci_high, "p_value": c.p_value, "wall_s": v.wall_s}
+    params = {"source_study": source.study_name, "seeds": v.seeds, "folds": v.folds, "split_seeds": v.split_seeds,
+              "training_seeds": v.train_seeds, "winner": summary.get("winner"),
+              **{f"config.{name}": values for name, values in (summary.get("configs") or {}).items()}}
+    runs = [{"name": f"{r['config']} seed {r['seed']}" + (f" fold {r['fold']}" if v.folds else ""),
+             "params": {"config": r["config"], "seed": r["seed"], "fold": r["fold"], "training_seed": r["training_seed"]},
+             "metrics": {"macro_f1": r["f1"], "accuracy": r["accuracy"], "wall_s": r["wall_s"]}} for r in v.runs]
+    record = {"params": params, "metrics": metrics, "runs": runs,
+              "tags": {"tunewise.verdict": c.verdict, "tunewise.test": c.test, "tunewise.headline": summary.get("headline"),
+                       "mlflow.note.content": summary.get("headline")}}
+    return open_tracker(settings).log_phase(source, "validate", record)

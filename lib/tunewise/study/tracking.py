@@ -1,6 +1,6 @@
 """Experiment tracking: a study's trials also logged where a team already looks.
 
-``open_tracker(settings, run_dir)`` gives the tracker the ``tracking`` setting names:
+``trackers.open_tracker(settings)`` gives the tracker the ``tracking`` setting names:
 
 - ``none``: ``NoTracking``, which does nothing;
 - ``mlflow``: one parent run per study, one nested run per trial (tracking_mlflow.py);
@@ -24,16 +24,15 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from tunewise.errors import SetupError
-from tunewise.study.settings import StudySettings
 from tunewise.train.objective import ACCURACY_CURVE_ATTR, F1_CURVE_ATTR, TRAIN_LOSS_ATTR
 
+OPEN, SYNC = "study run", "trials not logged yet"  # names of what may wait
 RETRY_S = 30.0  # after a failed call, how long nothing is sent (a dead server costs one timeout per RETRY_S)
 TRIAL_STATES = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)  # what gets a record
 # Curves drawn per epoch (step = epoch, 1-based): metric name -> trial user attr.
@@ -107,9 +106,9 @@ class Tracker(NoTracking):
         """Find or make the study's place (one per study, however many runs and workers),
         and with ``sync`` log the finished trials not logged yet."""
         self._info = dict(info)
-        self._attempt("study run", lambda: self._open(study))
+        self._attempt(OPEN, lambda: self._open(study))
         if sync:
-            self._attempt("earlier trials", lambda: self._sync(study))
+            self._attempt(SYNC, lambda: self._sync(study))
 
     def on_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
         """Optuna callback: log the trial that just finished; never raises."""
@@ -122,10 +121,10 @@ class Tracker(NoTracking):
         """Log the study's outcome, try what waits once more, and say what could not be
         logged (also as a warning); returns the summary's ``tracking`` entry."""
         if sync:
-            self._pending.setdefault("earlier trials", lambda: self._sync(study))
+            self._pending.setdefault(SYNC, lambda: self._sync(study))
         self._pending["study summary"] = lambda: self._summary(study, summary)
         self._retry_pending(final=True)
-        unlogged = list(self._pending)
+        unlogged = self._unlogged(study, sync)
         if unlogged:
             _log.warning("tracking: %d item(s) could not be logged to %s %s: %s", len(unlogged), self.kind,
                          self.where, ", ".join(unlogged))
@@ -142,6 +141,17 @@ class Tracker(NoTracking):
             _log.warning("tracking: could not log %s to %s %s", ", ".join(unlogged), self.kind, self.where)
         return {"kind": self.kind, "where": self.where, **self._describe(), "unlogged": unlogged,
                 "warning": self._warning}
+
+    def _unlogged(self, study: optuna.Study, sync: bool) -> list[str]:
+        """What is still waiting, by name: the study's run, each trial (with ``sync``: every
+        finished trial not known to be logged), the summary."""
+        trials = [int(item.split()[1]) for item in self._pending if item.startswith("trial ")]
+        if sync and SYNC in self._pending:
+            trials = [t.number for t in study.get_trials(deepcopy=False, states=TRIAL_STATES)
+                      if t.number not in self.logged_trials]
+        head = [OPEN] if OPEN in self._pending else []
+        rest = [i for i in self._pending if i not in (OPEN, SYNC) and not i.startswith("trial ")]
+        return head + [f"trial {n}" for n in sorted(set(trials))] + rest
 
     # --- what subclasses implement ------------------------------------------------------------
 
@@ -227,27 +237,3 @@ class Tracker(NoTracking):
 def describe(exc: BaseException) -> str:
     text = " ".join(str(exc).split())[:300]
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-def check_tracking(settings: StudySettings) -> None:
-    """ConfigError, before anything runs, when the package ``tracking`` needs is missing."""
-    if settings.tracking == "mlflow":
-        from tunewise.study.tracking_mlflow import check_installed
-    elif settings.tracking == "tensorboard":
-        from tunewise.study.tracking_tensorboard import check_installed
-    else:
-        return
-    check_installed()
-
-
-def open_tracker(settings: StudySettings, metric_names: list[str] | None = None) -> NoTracking:
-    """The tracker ``settings.tracking`` names, for the run folder ``settings.run_dir``."""
-    if settings.tracking == "mlflow":
-        from tunewise.study.tracking_mlflow import MlflowTracker
-
-        return MlflowTracker.from_environment(Path(settings.run_dir), metric_names or ["value"])
-    if settings.tracking == "tensorboard":
-        from tunewise.study.tracking_tensorboard import TensorBoardTracker
-
-        return TensorBoardTracker(Path(settings.run_dir) / "tensorboard", metric_names)
-    return NoTracking()
