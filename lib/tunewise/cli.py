@@ -225,6 +225,10 @@ def _print_study(s: dict) -> None:
     print(f"best parameters: {s['best_params']}")
     message = (s["stop_details"] or {}).get("message", "")
     print(f"stopped: {s['stop_reason']}: {message} Time spent on the study: {units.duration(s['elapsed_s'])}")
+    if s.get("tracking"):
+        from tunewise.study.tracking import tracking_line
+
+        print(f"tracked in {tracking_line(s['tracking'])}")
 
 
 def _report(run) -> None:

@@ -38,6 +38,7 @@ from tunewise.study.budget import finished_trials
 from tunewise.study.stoprules import Verdict, should_continue_optimization
 from tunewise.study.storage import load_if_exists, open_storage
 from tunewise.study.strategy import strategy_of
+from tunewise.study.tracking import tracking_line
 from tunewise.report.tables import html_table, phase_table_html
 from tunewise.phases.validate import (Validation, log_validation, noise_std, optimism, save_noise, validate_configs,
                                       write_params_file)
@@ -282,6 +283,8 @@ def show_result(summary: dict[str, Any]) -> HTML:
         {"": "time spent", "value": units.duration(summary["elapsed_s"])},
         {"": "stopped", "value": f"{summary['stop_reason']}: {(summary['stop_details'] or {}).get('message', '')}"},
     ]
+    if summary.get("tracking"):
+        rows.append({"": "tracked in", "value": tracking_line(summary["tracking"])})
     states = {state: n for state, n in summary["trials"].items() if n or state in ("complete", "pruned")}
     params = [{"parameter": k, "best value": v} for k, v in (summary["best_params"] or {}).items()]
     result = HTML(table(rows, f"Result of study {summary['study_name']}").data

@@ -25,14 +25,14 @@ NOTEBOOKS = Path(__file__).resolve().parents[3] / "notebooks"
 
 STUDY_KEYS = ["study_name", "storage", "run_dir", "n_trials", "timeout", "sampler", "pruner", "stop_rules",
               "search_space", "baseline", "objectives", "warm_start_from", "workers", "gpus", "device",
-              "val_fraction", "split_seed", "force", "cache_dir"]
+              "val_fraction", "split_seed", "force", "cache_dir", "tracking"]
 # Which groups each phase uses, and its own settings (the rest of the parameters it ignores).
 PHASE_GROUPS: dict[str, tuple[Sequence[str], Sequence[str], Sequence[str]]] = {
     # phase: (groups, study keys it reads, its own keys)
     "quick": (("data", "training", "study"), STUDY_KEYS, ()),
     "focused": (("data", "training", "study"), STUDY_KEYS,
                 ("source_study", "focus_mode", "min_relative_gain", "always_run", "top_share", "top_k", "margin", "warm_start_n")),
-    "validate": (("data", "training", "study"), ["storage", "run_dir", "device", "val_fraction", "cache_dir"],
+    "validate": (("data", "training", "study"), ["storage", "run_dir", "device", "val_fraction", "cache_dir", "tracking"],
                  ("source_study", "seeds", "top_k", "folds", "params_out")),
     "postmortem": (("study",), ["storage", "run_dir"], ("studies", "max_latency_ms", "max_params")),
 }

@@ -234,6 +234,18 @@ class Tracker(NoTracking):
         return text
 
 
+def tracking_line(entry: dict[str, Any] | None) -> str | None:
+    """One line for people: where the study was logged, and what could not be."""
+    if not entry:
+        return None
+    run = entry.get("parent_run_id") or entry.get("run_id") or entry.get("folder")
+    line = f"{entry['kind']} {entry['where']}" + (f", experiment {entry['experiment']!r}" if entry.get("experiment") else "")
+    line += f", run {run}" if run else ""
+    if entry.get("unlogged"):
+        line += f"; not logged: {', '.join(entry['unlogged'])} ({entry.get('warning') or 'unreachable'})"
+    return line
+
+
 def describe(exc: BaseException) -> str:
     text = " ".join(str(exc).split())[:300]
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
