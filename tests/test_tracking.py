@@ -52,6 +52,7 @@ class Server:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
+        self.folder = folder
         self.log = folder / "server.log"
         command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}",
                    "--artifacts-destination", str(folder / "artifacts"), "--host", "127.0.0.1",
@@ -72,11 +73,12 @@ class Server:
                 time.sleep(0.5)
         raise RuntimeError(f"mlflow server not healthy after {timeout_s} s: {self.log.read_text()[-2000:]}")
 
-    def stop(self) -> None:
-        """The whole process group (uvicorn and MLflow's job runner), SIGKILL if it lingers."""
+    def stop(self, kill: bool = False) -> None:
+        """The whole process group (uvicorn and MLflow's job runner): SIGTERM, SIGKILL if it
+        lingers; at once with ``kill`` (a crash)."""
         if self.proc.poll() is None:
             try:
-                os.killpg(self.proc.pid, signal.SIGTERM)
+                os.killpg(self.proc.pid, signal.SIGKILL if kill else signal.SIGTERM)
                 self.proc.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
@@ -242,7 +244,7 @@ def test_a_server_stopped_mid_study_costs_one_warning_and_the_study_finishes(ser
 
     def stop_server(study, trial):
         if trial is not None and trial.number == 1:  # trial 0 is logged already, trial 1 is not yet
-            server.stop()
+            server.stop(kill=True)
 
     caplog.set_level(logging.WARNING, logger=TRACKING_LOG)
     p = P.resolve(overrides={**FAST, "run_dir": str(tmp_path / "run"), "epochs": 1, "n_trials": 4, "tracking": "mlflow"})
@@ -256,4 +258,20 @@ def test_a_server_stopped_mid_study_costs_one_warning_and_the_study_finishes(ser
     assert any("could not be logged" in w and "trial 1, trial 2, trial 3, study summary" in w for w in warnings)
     on_disk = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert on_disk["tracking"]["unlogged"] == tracking["unlogged"]
-    assert experiment  # the experiment the first trial went to
+    # The server's own database: trial 0 got there, nothing after it.
+    stored = MlflowClient(f"sqlite:///{server.folder / 'mlflow.db'}")
+    assert [r.data.tags["tunewise.trial"] for r in runs_of(stored, experiment)["trial"]] == ["0"]
+
+    # The server back (another port: the run is found by its tag, not the recorded id): the
+    # next run of the study logs what was missing, once.
+    again = Server(server.folder)
+    try:
+        again.wait_healthy()
+        mlflow_env(again.url)
+        resumed = tune(p)
+        assert resumed["tracking"]["unlogged"] == [] and resumed["tracking"]["logged_trials"] == 4
+        by_kind = runs_of(MlflowClient(again.url), experiment)
+        assert len(by_kind["study"]) == 1 and resumed["tracking"]["parent_run_id"] == tracking["parent_run_id"]
+        assert sorted(r.data.tags["tunewise.trial"] for r in by_kind["trial"]) == ["0", "1", "2", "3"]
+    finally:
+        again.stop()

@@ -29,7 +29,6 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from tunewise.errors import SetupError
 from tunewise.train.objective import ACCURACY_CURVE_ATTR, F1_CURVE_ATTR, TRAIN_LOSS_ATTR
 
 OPEN, SYNC = "study run", "trials not logged yet"  # names of what may wait
@@ -208,8 +207,6 @@ class Tracker(NoTracking):
             return False
         try:
             action()
-        except SetupError:
-            raise
         except Exception as exc:  # any failure of the destination: the study goes on
             self._pending[item] = action
             self._down_until = time.monotonic() + RETRY_S
