@@ -240,7 +240,8 @@ def test_unknown_tracking_is_refused_naming_the_field(tmp_path):
 
 # Last: it stops the shared server.
 def test_a_server_stopped_mid_study_costs_one_warning_and_the_study_finishes(server, mlflow_env, tmp_path, caplog):
-    experiment = mlflow_env(server.url)
+    host = server.url.split("//", 1)[1]
+    experiment = mlflow_env(f"http://bob:{PASSWORD}@{host}")  # the errors name the URL: masked
 
     def stop_server(study, trial):
         if trial is not None and trial.number == 1:  # trial 0 is logged already, trial 1 is not yet
@@ -256,6 +257,9 @@ def test_a_server_stopped_mid_study_costs_one_warning_and_the_study_finishes(ser
     warnings = [r.getMessage() for r in caplog.records if r.name == TRACKING_LOG]
     assert sum("cannot log to mlflow" in w for w in warnings) == 1, warnings
     assert any("could not be logged" in w and "trial 1, trial 2, trial 3, study summary" in w for w in warnings)
+    assert f"bob:***@{host}" in tracking["warning"]
+    assert not any(PASSWORD in w for w in warnings) and PASSWORD not in caplog.text
+    assert not any(PASSWORD.encode() in f.read_bytes() for f in (tmp_path / "run").rglob("*") if f.is_file())
     on_disk = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert on_disk["tracking"]["unlogged"] == tracking["unlogged"]
     # The server's own database: trial 0 got there, nothing after it.

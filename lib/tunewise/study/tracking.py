@@ -89,9 +89,9 @@ class Tracker(NoTracking):
 
     kind = "?"
 
-    def __init__(self, where: str, secrets: tuple[str, ...] = ()) -> None:
+    def __init__(self, where: str, secrets: tuple[tuple[str, str], ...] = ()) -> None:
         self.where = where
-        self._secrets = tuple(s for s in secrets if s)
+        self._secrets = tuple((s, masked) for s, masked in secrets if s)  # (text, what is shown instead)
         self._pending: dict[str, Callable[[], None]] = {}  # item -> how to log it, in order
         self._down_until = 0.0
         self._warning: str | None = None
@@ -226,8 +226,8 @@ class Tracker(NoTracking):
 
     def _clean(self, text: str) -> str:
         """``text`` with every credential of the destination masked."""
-        for secret in self._secrets:
-            text = text.replace(secret, "***")
+        for secret, masked in self._secrets:
+            text = text.replace(secret, masked)
         return text
 
 

@@ -86,7 +86,9 @@ class MlflowTracker(Tracker):
         from mlflow import MlflowClient
 
         password = urlsplit(uri).password if "://" in uri else None
-        super().__init__(redact(uri), secrets=(uri, password or ""))
+        # The URL as a whole first (an error message naming it shows it redacted), then any
+        # password left on its own.
+        super().__init__(redact(uri), secrets=((uri, redact(uri)), (password or "", "***")))
         for name, value in HTTP_DEFAULTS.items():
             os.environ.setdefault(name, value)
         if password:
