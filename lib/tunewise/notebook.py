@@ -288,8 +288,11 @@ def show_result(summary: dict[str, Any]) -> HTML:
                   + table(params, "Best parameters").data)
     if not summary.get("workers"):
         return result
-    workers = [{"worker": w["index"], "GPU": "cpu" if w["gpu"] is None else w["gpu"], "threads": w["threads"],
-                "trials run": w["trials_run"], "exit status": w["exit_code"], "log": w["log"]}
+    # A worker this run did not start (one that joined from another machine) has only its host and pid.
+    workers = [{"worker": w["index"] if w["index"] is not None else f"{w.get('host')} pid {w['pid']}",
+                "GPU": "" if w["index"] is None else "cpu" if w["gpu"] is None else w["gpu"],
+                "threads": w["threads"] or "", "trials run": w["trials_run"],
+                "exit status": "" if w["exit_code"] is None else w["exit_code"], "log": w["log"] or ""}
                for w in summary["workers"]]
     return HTML(result.data + table(workers, f"{len(workers)} workers filled the study together").data)
 

@@ -23,6 +23,7 @@ from optuna.trial import FrozenTrial, TrialState
 # --- study user attributes ------------------------------------------------------------------
 IDENTITY_KEY = "tunewise.identity"  # phase, fingerprints, model, metric, direction(s), objectives, version
 HISTORY_KEY = "tunewise.identity_history"  # every change of identity on resume: when, what, forced
+FORCED_KEY = "tunewise.forced"  # every force=true that replaced the identity: when, host, {field: [old, new]}
 ELAPSED_KEY = "tunewise.elapsed_s"  # seconds spent on the study across all its runs
 PARAMS_KEY = "tunewise.params"  # the run parameters the study was prepared with (no storage URL)
 SPACE_KEY = "tunewise.search_space"  # the search space the study searches, as a dict

@@ -16,8 +16,10 @@ Worker logs and results go to ``<run_dir>/workers/``.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
+import socket
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
@@ -28,12 +30,14 @@ import yaml
 from tunewise import config
 from tunewise.atomic import write_json_atomic, write_summary_files
 from tunewise.errors import ConfigError, TunewiseError
-from tunewise.study.identity import recorded_params
+from tunewise.records import PARAMS_KEY
+from tunewise.study.identity import UNRECORDED_PARAMS, recorded_params
 from tunewise.study.storage import ENV_VAR, StorageLost, load_study, open_storage
 from tunewise.study.workers import (
     STOP_GRACE_S,
     ParentWatch,
     limit_threads,
+    other_workers,
     plan_workers,
     run_worker_processes,
     worker_sampler,
@@ -76,11 +80,21 @@ def run_workers(
     prep = prep or phase.prepare(p)
     phase.start_new_study(prep)
     result, described = run_worker_processes(p.study, prep.study, plans, prep.run_dir / "workers", WORKER_MODULE,
-                                             progress=progress, poll_s=poll_s, stop_grace_s=stop_grace_s)
+                                             progress=progress, poll_s=poll_s, stop_grace_s=stop_grace_s,
+                                             overrides=_local_settings(p, prep.study))
     summary = phase.summarize(prep, result, baseline)
-    summary["workers"] = described
+    summary["workers"] = [*described, *other_workers(prep.study, described)]
     write_summary_files(prep.run_dir, p["phase"], summary)
     return summary
+
+
+def _local_settings(p: config.RunConfig, study: optuna.Study) -> dict[str, Any]:
+    """This run's parameters that differ from the study's record: the workers it starts
+    run with them (they are this machine's), while the record stays the study's."""
+    recorded = study.user_attrs.get(PARAMS_KEY) or {}
+    mine = json.loads(json.dumps({k: v for k, v in config.absolute_paths(p).items()
+                                  if k not in (*UNRECORDED_PARAMS, "workers", "gpus")}, default=str))
+    return {k: v for k, v in mine.items() if recorded.get(k, None) != v}
 
 
 def join_study(
@@ -123,10 +137,35 @@ def join_study(
     extra = list(callbacks or [])
     if parent_pid:
         extra.append(ParentWatch(parent_pid))
-    summary = phase.run_here(p, prep=prep, callbacks=extra)
+    # A worker started by run_workers reports through its result file; one that joined from
+    # elsewhere writes its log and summary under names of its own, never the owner's summary.json.
+    own = "" if result_path else str(Path("workers") / f"summary-{p['phase']}.{worker_name()}.json")
+    log = None if result_path else _log_to(prep.run_dir / "workers" / f"{worker_name()}.log")
+    try:
+        summary = phase.run_here(p, prep=prep, callbacks=extra, summary_file=own)
+    finally:
+        if log is not None:
+            logging.getLogger("tunewise").removeHandler(log)
+            log.close()
     if result_path:
         write_json_atomic(result_path, summary)
+    else:
+        print(f"this worker's summary: {prep.run_dir / own}; its log: {log.baseFilename}")
     return summary
+
+
+def _log_to(path: Path) -> logging.Handler:
+    """tunewise's log lines (retries, recovered trials, waits: what reaches the console) also to ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.getLogger("tunewise").addHandler(handler)
+    return handler
+
+
+def worker_name() -> str:
+    """What names a joining worker's own files: ``worker-HOST-PID``."""
+    return f"worker-{socket.gethostname()}-{os.getpid()}"
 
 
 # --- the worker process --------------------------------------------------------------------
