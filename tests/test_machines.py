@@ -1,0 +1,104 @@
+"""Several machines on one study, as a team runs them (issue #20): a joiner or a resume that
+runs nothing leaves the study's record byte-identical, a force says and records what it
+replaces, and the owner's summary counts the trials of a worker it did not start (another
+"machine": a second process on the same journal file), whose own summary and log go under
+names of their own."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+
+from tunewise.cli import main
+from tunewise.records import FORCED_KEY, IDENTITY_KEY, PARAMS_KEY, SPACE_KEY, WORKER_KEY
+from tunewise.study.storage import open_storage
+
+from test_workers import _env
+from test_workers_cli import SMALL
+
+optuna.logging.set_verbosity(optuna.logging.ERROR)
+
+TUNE = ["tune", *SMALL, "--set", "study_name=s", "--set", "device=cpu"]
+
+
+def _study(run_dir: Path) -> optuna.Study:
+    return optuna.load_study(study_name="s", storage=open_storage(None, run_dir))
+
+
+def _record(run_dir: Path) -> str:
+    """The study's user attrs exactly as the storage gives them back."""
+    return json.dumps(_study(run_dir).user_attrs, sort_keys=True)
+
+
+def test_a_join_and_a_noop_resume_leave_the_study_record_byte_identical(tmp_path, capsys):
+    a = tmp_path / "a"
+    assert main([*TUNE, "--set", "n_trials=2", "--out", str(a)]) == 0
+    journal = a / "study.journal"
+    record, journal_bytes = _record(a), journal.read_bytes()
+
+    # Machine B joins with its own paths and device; the budget is spent, it runs nothing.
+    assert main(["worker", "--study", "s", "--storage", str(journal), "--set", f"run_dir={tmp_path / 'b'}",
+                 "--set", f"cache_dir={tmp_path / 'b-cache'}", "--set", "device=cpu"]) == 0
+    # A no-op resume from elsewhere with another budget and folder (the issue's `--out gpu0`).
+    assert main([*TUNE, "--set", "n_trials=1", "--set", f"storage={journal}", "--out", str(tmp_path / "gpu0")]) == 0
+    # And the owner's own resume, the budget already spent.
+    assert main([*TUNE, "--set", "n_trials=2", "--out", str(a)]) == 0
+    assert _record(a) == record
+    assert journal.read_bytes() == journal_bytes  # nothing at all was appended
+    assert _study(a).user_attrs[PARAMS_KEY]["n_trials"] == 2
+
+    # A joiner with force joins despite a difference, and says so; the record stays.
+    capsys.readouterr()
+    assert main(["worker", "--study", "s", "--storage", str(journal), "--set", f"run_dir={tmp_path / 'b'}",
+                 "--set", "epochs=2", "--set", "force=true"]) == 0
+    assert "joining with force; its record is left as it is" in capsys.readouterr().err
+    assert _record(a) == record
+
+    # The owner's force is the one named action that replaces it: said, and recorded.
+    assert main([*TUNE, "--set", "n_trials=2", "--set", "epochs=2", "--set", "force=true", "--out", str(a)]) == 0
+    err = capsys.readouterr().err
+    assert "force=true replaces its recorded identity" in err and "epochs: 1 -> 2" in err
+    attrs = _study(a).user_attrs
+    [forced] = attrs[FORCED_KEY]
+    assert forced["replaced"] == {"settings.epochs": [1, 2]} and forced["host"] == socket.gethostname()
+    assert attrs[IDENTITY_KEY]["settings"]["epochs"] == 2
+
+
+def test_the_owners_summary_counts_a_remote_workers_trials(tmp_path, capsys):
+    a = tmp_path / "a"
+    assert main([*TUNE, "--set", "n_trials=2", "--out", str(a)]) == 0
+    owner_summary = (a / "summary.json").read_bytes()
+    record = {k: v for k, v in _study(a).user_attrs.items() if k in (IDENTITY_KEY, PARAMS_KEY, SPACE_KEY)}
+
+    # "Machine B": another process given only the study's name and storage; it shares A's run
+    # folder (a shared file system) and brings 2 more trials (its own budget, kept local).
+    b = subprocess.run(
+        [sys.executable, "-m", "tunewise", "worker", "--study", "s", "--storage", str(a / "study.journal"),
+         "--threads", "1", "--set", "n_trials=4"],
+        env=_env({"OMP_NUM_THREADS": "1"}), capture_output=True, text=True, timeout=120)
+    assert b.returncode == 0, b.stdout + b.stderr
+    study = _study(a)
+    b_pids = {t.user_attrs[WORKER_KEY]["pid"] for t in study.trials[2:]}
+    assert len(study.trials) == 4 and len(b_pids) == 1
+    [b_pid] = b_pids
+    assert (a / "summary.json").read_bytes() == owner_summary  # B never writes the owner's summary
+    own = a / "workers" / f"summary-quick.worker-{socket.gethostname()}-{b_pid}.json"
+    assert json.loads(own.read_text())["n_finished"] == 4
+    assert (a / "workers" / f"worker-{socket.gethostname()}-{b_pid}.log").exists()
+    assert f"this worker's summary: {own}" in b.stdout
+    assert {k: study.user_attrs[k] for k in record} == record  # its n_trials=4 stayed its own
+
+    # A's summary, read from the storage, counts B's trials and lists B.
+    assert main([*TUNE, "--set", "n_trials=4", "--out", str(a)]) == 0
+    summary = json.loads((a / "summary.json").read_text())
+    assert summary["n_finished"] == 4 and summary["trials"]["complete"] == 4
+    workers = {w["pid"]: w["trials_run"] for w in summary["workers"]}
+    assert workers == {os.getpid(): 2, b_pid: 2}
+    assert all(w["host"] == socket.gethostname() for w in summary["workers"])
