@@ -26,7 +26,8 @@ readable message and exit status 2, with nothing written (add --traceback to see
 A failed run exits 1: a failed notebook cell, or a study stopped by its failure guard (most
 trials failed) or by a setup error; `run` keeps the last good report and writes the failed
 one beside it (PHASE.failed.ipynb / .html). A storage lost mid-study (after retrying)
-exits 3; Ctrl-C exits 130.
+exits 3; Ctrl-C exits 130. The same status for the same outcome from run, pipeline, tune
+and worker (errors.EXIT_*; the README's table).
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ import sys
 from pathlib import Path
 
 from tunewise import units
-from tunewise.errors import TunewiseError
+from tunewise.errors import (EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_STORAGE_LOST,
+                             TunewiseError)
 from tunewise.study.storage import StorageLost
 
 PARAMS_DIR = Path(__file__).resolve().parents[2] / "params"
@@ -179,7 +181,22 @@ def _worker(args, overrides: dict) -> int:
 
     summary = join_study(args.study, args.storage, overrides=overrides, threads=args.threads)
     _print_study(summary)
-    return 130 if summary["interrupted"] else 0
+    return _study_status(summary)
+
+
+def _study_status(summary: dict) -> int:
+    """The exit status of a study run by `tune` or `worker` (as `run` gives for its notebook)."""
+    from tunewise.execute import FAILED_STOPS
+
+    if summary["interrupted"]:
+        return EXIT_INTERRUPTED
+    return EXIT_FAILED if summary["stop_reason"] in FAILED_STOPS else EXIT_OK
+
+
+def _runs_status(runs) -> int:
+    if any(r.storage_lost for r in runs):
+        return EXIT_STORAGE_LOST
+    return EXIT_OK if all(r.ok for r in runs) else EXIT_FAILED
 
 
 def _merge(args) -> int:
@@ -242,7 +259,7 @@ def _report(run) -> None:
 
 def _run(args) -> int:
     from tunewise import params as P
-    from tunewise.execute import FAILED_STOPS, phase_params, pipeline, run_phase
+    from tunewise.execute import phase_params, pipeline, run_phase
 
     if args.command == "merge":
         return _merge(args)
@@ -271,21 +288,19 @@ def _run(args) -> int:
         summary = tune(p, callbacks=callbacks)
         _print_study(summary)
         print(f"summary: {Path(p['run_dir']) / 'summary.json'}")
-        if summary["interrupted"]:
-            return 130
-        return 1 if summary["stop_reason"] in FAILED_STOPS else 0
+        return _study_status(summary)
     if args.command == "run":
         p = phase_params(args.phase, args.params, overrides)
         run = run_phase(args.phase, p, progress=True)
         _report(run)
-        return 0 if run.ok else 1
+        return _runs_status([run])
     file = DEMO_PARAMS if args.command == "demo" else args.params
     out = Path(overrides.pop("run_dir", None) or ("runs/demo" if args.command == "demo" else P.resolve(file)["run_dir"]))
     runs = pipeline(file, overrides, out, progress=True)
     for run in runs:
         _report(run)
     print(f"index: {out / 'index.html'}")
-    return 0 if all(r.ok for r in runs) else 1
+    return _runs_status(runs)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -297,15 +312,16 @@ def main(argv: list[str] | None = None) -> int:
         if args.traceback:
             raise
         print(f"tunewise: error: {exc}", file=sys.stderr)
-        return 3
+        return EXIT_STORAGE_LOST
     except TunewiseError as exc:
         if args.traceback:
             raise
         print(f"tunewise: error: {exc}", file=sys.stderr)
-        return 2
+        # A setup error that stopped a running study is a failed run, as in a notebook.
+        return EXIT_FAILED if getattr(exc, "during_study", False) else EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("tunewise: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

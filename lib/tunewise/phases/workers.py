@@ -29,7 +29,7 @@ import yaml
 
 from tunewise import config
 from tunewise.atomic import write_json_atomic, write_summary_files
-from tunewise.errors import ConfigError, TunewiseError
+from tunewise.errors import EXIT_BAD_INPUT, EXIT_STORAGE_LOST, ConfigError, TunewiseError
 from tunewise.records import PARAMS_KEY
 from tunewise.study.identity import UNRECORDED_PARAMS, recorded_params
 from tunewise.study.storage import ENV_VAR, StorageLost, load_study, open_storage
@@ -47,7 +47,6 @@ if TYPE_CHECKING:
     from tunewise.phases.prepare import Prepared
 
 WORKER_MODULE = "tunewise.phases.workers"  # what `python -m` runs in each worker process
-EXIT_STORAGE_LOST = 3
 
 _log = logging.getLogger(__name__)
 
@@ -196,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_STORAGE_LOST
     except TunewiseError as exc:
         print(f"tunewise: error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         return 130
     return 130 if summary["interrupted"] else 0

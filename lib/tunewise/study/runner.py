@@ -168,6 +168,8 @@ def _run(
             # trial), nothing more can be written: say so plainly.
             raise StorageLost(outage.lost) from None
         reason = "setup error" if isinstance(exc, SetupError) else "error"
+        if isinstance(exc, SetupError):
+            exc.during_study = True
         _finish(study, clock, reason, {"trial": run.current, "message": describe_error(exc)},
                 run.started)
         raise
@@ -177,6 +179,7 @@ def _run(
     if run.setup_error is not None:
         details = {"trial": run.current, "message": describe_error(run.setup_error)}
         _finish(study, clock, "setup error", details, run.started)
+        run.setup_error.during_study = True  # the study ran and stopped: a failed run (exit 1)
         raise run.setup_error
     reason, details = _why_stopped(study, clock, n_trials, timeout, attempts, run.started)
     return _finish(study, clock, reason, details, run.started)

@@ -44,7 +44,7 @@ from tunewise.search.samplers import describe_sampler, make_sampler
 from tunewise.study.budget import StudyClock, finished_trials
 from tunewise.study.runner import INTERRUPTED, RunResult, nothing_to_do, study_result
 from tunewise.study.settings import StudySettings
-from tunewise.study.storage import ENV_VAR, JOURNAL_NAME, StorageLost, expand_env
+from tunewise.study.storage import ENV_VAR, JOURNAL_NAME, StorageLost, expand_env, lost_heartbeats
 
 THREAD_ENV_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 STOP_GRACE_S = 30.0  # after Ctrl-C, how long workers get to leave the study consistent
@@ -383,6 +383,7 @@ class ProgressPrinter:
         self._stream = stream
         self._prefix = prefix
         self._last = ""
+        self._lost: dict[int, float] = {}  # trial number -> seconds left when first seen silent
 
     def __call__(self, study: optuna.Study) -> None:
         trials = study.get_trials(deepcopy=False)
@@ -391,10 +392,22 @@ class ProgressPrinter:
         best = "" if top is None else f"; best {top.values[0]:.4f} (trial {top.number})"
         line = (f"{self._prefix}[{count[TrialState.COMPLETE] + count[TrialState.PRUNED]}/{self._n_trials} finished] "
                 f"{count[TrialState.COMPLETE]} complete, {count[TrialState.PRUNED]} pruned, "
-                f"{count[TrialState.FAIL]} failed, {count[TrialState.RUNNING]} running{best}")
+                f"{count[TrialState.FAIL]} failed, {count[TrialState.RUNNING]} running"
+                f"{self._heartbeat_note(study) if count[TrialState.RUNNING] else ''}{best}")
         if line != self._last:
             self._last = line
             print(line, file=self._stream or sys.stdout, flush=True)
+
+    def _heartbeat_note(self, study: optuna.Study) -> str:
+        """Why a trial still counts as running though its worker is gone: `` (1 waiting up
+        to 115 s for a lost worker's heartbeat)``; the figure as first seen, so the line is
+        printed once, not at every tick of a countdown."""
+        lost = lost_heartbeats(study)
+        self._lost = {n: self._lost.get(n, left) for n, left in lost.items()}
+        if not lost:
+            return ""
+        return (f" ({len(lost)} waiting up to {max(self._lost.values()):.0f} s for a lost worker's "
+                f"heartbeat{'s' if len(lost) > 1 else ''})")
 
 
 # --- one worker: joining a study -----------------------------------------------------------
