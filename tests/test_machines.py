@@ -102,3 +102,50 @@ def test_the_owners_summary_counts_a_remote_workers_trials(tmp_path, capsys):
     workers = {w["pid"]: w["trials_run"] for w in summary["workers"]}
     assert workers == {os.getpid(): 2, b_pid: 2}
     assert all(w["host"] == socket.gethostname() for w in summary["workers"])
+
+
+def _source(journal: Path, baseline_lr: float, others: list[float]) -> None:
+    """One machine's independent study: its baseline trial first, scored lr * 100."""
+    from tunewise.records import BASELINE_KEY
+    from tunewise.study.identity import make_identity, open_study
+    from tunewise.study.runner import run_trials
+
+    study = open_study("tunewise", open_storage(str(journal), journal.parent),
+                       identity=make_identity(phase="quick", space_fingerprint="s", data_fingerprint="d",
+                                              model="m", metric="macro_f1"))
+    study.enqueue_trial({"lr": baseline_lr}, user_attrs={BASELINE_KEY: True})
+    for lr in others:
+        study.enqueue_trial({"lr": lr})
+    run_trials(study, lambda t: 100 * t.suggest_float("lr", 1e-4, 1e-2), n_trials=1 + len(others), timeout=None)
+
+
+def test_a_merged_study_is_measured_against_a_baseline_it_names(tmp_path, capsys):
+    from tunewise.notebook import show_phase_table
+    from tunewise.phases.postmortem import summarize_study
+    from tunewise.records import MERGED_BASELINES_KEY, baseline_value
+
+    _source(tmp_path / "gpu0.journal", 0.005, [0.006])  # 0.5 -> 0.6: +0.1
+    _source(tmp_path / "gpu1.journal", 0.002, [0.005])  # 0.2 -> 0.5: +0.3
+    sources = [str(tmp_path / "gpu0.journal"), str(tmp_path / "gpu1.journal")]
+    merged = tmp_path / "merged" / "study.journal"
+
+    assert main(["merge", *sources, "--into", "all", "--storage", str(merged)]) == 0
+    assert "baseline: each source's own baseline trial (" in capsys.readouterr().out
+    study = optuna.load_study(study_name="all", storage=open_storage(str(merged), merged.parent))
+    assert len(study.user_attrs[MERGED_BASELINES_KEY]["sources"]) == 2
+    summary = summarize_study(study)
+    # The best trial (0.6) came from gpu0: measured against gpu0's baseline, and said so.
+    assert summary["baseline_value"] == pytest.approx(0.5) and summary["gain"] == pytest.approx(0.1)
+    assert "gpu0.journal (the best trial's source)" in summary["baseline"]
+    gains = {Path(r["source"].split("@", 1)[1]).name: r["gain"] for r in summary["source_gains"]}
+    assert gains == {"gpu0.journal": pytest.approx(0.1), "gpu1.journal": pytest.approx(0.3)}
+    page = show_phase_table([study]).data
+    assert "each source against its own baseline" in page and "+0.3000" in page
+
+    assert main(["merge", *sources, "--into", "named", "--storage", str(merged), "--baseline", sources[1]]) == 0
+    assert "gpu1.journal's baseline trial" in capsys.readouterr().out
+    named = optuna.load_study(study_name="named", storage=open_storage(str(merged), merged.parent))
+    assert baseline_value(named) == pytest.approx(0.2)
+    assert "(chosen at merge)" in summarize_study(named)["baseline"]
+    assert main(["merge", *sources, "--into", "x", "--storage", str(merged), "--baseline", "gpu7"]) == 2
+    assert "--baseline 'gpu7' names no single source" in capsys.readouterr().err

@@ -92,6 +92,9 @@ def _parser() -> argparse.ArgumentParser:
     merge.add_argument("--study", help="the study to take from each source storage that names none")
     merge.add_argument("--include-failed", action="store_true", help="copy failed trials too")
     merge.add_argument("--force", action="store_true", help="merge studies of another metric or dataset anyway")
+    merge.add_argument("--baseline", metavar="SOURCE",
+                       help="measure the merged study against this source's baseline trial (one of the SOURCEs "
+                            "as given, or its study name); default: each trial against its own source's")
     merge.add_argument("--traceback", action="store_true", default=argparse.SUPPRESS, help="show the full traceback of an error")
     rep = sub.add_parser("repair", help="salvage every readable record of a broken journal file into a new one")
     rep.add_argument("journal", help="the journal file (e.g. runs/mine/study.journal); the original is kept beside it")
@@ -207,15 +210,37 @@ def _merge(args) -> int:
         storage, _, name = source.rpartition("#") if "#" in source else (source, "", "")
         sources.append((name or args.study or _only_study(storage, but=args.into), storage))
     result = merge_studies(sources, args.into, args.storage or sources[0][1],
-                           include_failed=args.include_failed, force=args.force)
+                           include_failed=args.include_failed, force=args.force,
+                           baseline=_baseline_index(args.baseline, args.sources, sources))
     for s in result["sources"]:
         skipped = ", ".join(f"{n} {state}" for state, n in s["not_copied"].items())
         print(f"{s['study']} @ {s['storage']}: {s['copied']} copied, {s['duplicates']} already there"
               + (f", not copied: {skipped}" if skipped else ""))
+    baselines = result["baselines"]
+    if baselines["sources"]:
+        print("baseline: " + (f"{baselines['chosen']}'s baseline trial" if baselines["chosen"] else
+                              "each source's own baseline trial (" + ", ".join(
+                                  f"{k}: trial {v}" for k, v in baselines["sources"].items()) + ")"))
     print(f"merged into {result['target']} @ {result['storage']}: {result['n_trials']} trials "
           f"({result['copied']} new); next: tunewise run postmortem --set storage={args.storage or sources[0][1]} "
           f"--set 'studies=[{result['target']}]'")
     return 0
+
+
+def _baseline_index(wanted: str | None, given: list[str], sources: list[tuple[str, str]]) -> int | None:
+    """Which source ``merge --baseline`` names: a SOURCE as given, its storage, or its study
+    name when only one source has it; ConfigError otherwise."""
+    if wanted is None:
+        return None
+    for matches in ([i for i, g in enumerate(given) if g == wanted],
+                    [i for i, (_, storage) in enumerate(sources) if storage == wanted],
+                    [i for i, (name, _) in enumerate(sources) if name == wanted]):
+        if len(matches) == 1:
+            return matches[0]
+    from tunewise.errors import ConfigError
+
+    raise ConfigError(f"merge: --baseline {wanted!r} names no single source; allowed: one of "
+                      f"{', '.join(given)} (as given), or a study name only one of them holds")
 
 
 def _only_study(storage: str, but: str) -> str:
