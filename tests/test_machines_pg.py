@@ -6,9 +6,13 @@ says why."""
 from __future__ import annotations
 
 import io
+import json
+import re
+import shlex
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import optuna
 import pytest
@@ -84,3 +88,66 @@ def test_the_progress_line_says_it_waits_for_a_lost_workers_heartbeat(pg_url, tm
     assert FAIL_REASON_KEY not in retry.user_attrs and retry.state.name == "COMPLETE"
     printer(study)
     assert "waiting" not in lines.getvalue().splitlines()[-1]
+
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+# Added to each `run quick` / `tune` line of the README block: a tiny study on the CPU.
+README_TINY = ("--set n_trials=2 --set epochs=1 --set batch_size=64 --set device=cpu --set pruner=none "
+               "--set 'search_space={lr: {type: float, low: 1.0e-4, high: 1.0e-2, log: true}}'")
+
+
+def readme_block(heading: str) -> list[str]:
+    """The commands of the first ```sh block under ``heading``, comments left out."""
+    text = README.read_text()
+    section = text[text.index(heading):]
+    start = section.index("```sh\n") + len("```sh\n")
+    block = section[start:section.index("```", start)]
+    lines = [line.split("  #", 1)[0].strip() for line in block.splitlines()]
+    return [line for line in lines if line and not line.startswith("#")]
+
+
+def test_the_readmes_several_machines_block_runs_as_written(postgres, pg_url, tmp_path, monkeypatch, capsys):
+    """Each line in order, through the CLI's main (in this process: no interpreter start-up
+    per line; the notebooks and workers are processes as ever), `export` into the environment."""
+    from tunewise.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params").symlink_to(README.parent / "params")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setenv("PGPASSWORD", "unused")  # trust authentication: any password will do
+    monkeypatch.delenv("TUNEWISE_STORAGE", raising=False)
+    ran, skipped = [], []
+    for line in readme_block("## Several workers, several machines"):
+        if "--gpus" in line:  # needs GPUs this machine lacks
+            skipped.append(line)
+            continue
+        line = re.sub(r"cuda:\d", "cpu", line)
+        if line.startswith("export TUNEWISE_STORAGE="):
+            # The same shape (a ${PGPASSWORD} reference, read by tunewise), at the test's server.
+            assert "${PGPASSWORD}" in line
+            monkeypatch.setenv("TUNEWISE_STORAGE", pg_url.replace("postgres@", "postgres:${PGPASSWORD}@"))
+            ran.append(line)
+            continue
+        if re.match(r"tunewise (run quick|tune) ", line):
+            line += " " + README_TINY
+        args = shlex.split(line)
+        assert args[0] == "tunewise"
+        code = main(args[1:])
+        assert code == 0, f"{line}: exit {code}\n{capsys.readouterr()}"
+        ran.append(line)
+    assert len(skipped) == 1 and len(ran) == 8
+    output = capsys.readouterr().out
+
+    runs = tmp_path / "runs"
+    for gpu in ("gpu0", "gpu1"):  # journal files, as the block means: not the PostgreSQL study
+        journal = runs / gpu / "study.journal"
+        assert len(optuna.load_study(study_name="quick", storage=open_storage(str(journal), ".")).trials) == 2
+    merged = optuna.load_study(study_name="all", storage=open_storage(str(runs / "merged" / "study.journal"), "."))
+    assert len(merged.trials) == 4
+    post = json.loads((runs / "merged" / "summary.json").read_text())
+    assert post["phase"] == "postmortem" and post["studies"][0]["n_finished"] == 4
+    assert "the best trial's source" in post["studies"][0]["baseline"]
+    shared = optuna.load_study(study_name="quick", storage=pg_url)
+    assert len(shared.get_trials(states=FINISHED_STATES)) == 2
+    assert json.loads((runs / "a" / "summary.json").read_text())["n_finished"] == 2
+    assert "this worker's summary:" in output  # B joined the spent study, wrote its own summary
