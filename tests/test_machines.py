@@ -102,6 +102,10 @@ def test_the_owners_summary_counts_a_remote_workers_trials(tmp_path, capsys):
     workers = {w["pid"]: w["trials_run"] for w in summary["workers"]}
     assert workers == {os.getpid(): 2, b_pid: 2}
     assert all(w["host"] == socket.gethostname() for w in summary["workers"])
+    from tunewise.notebook import show_result
+
+    page = show_result(summary).data  # the notebook's table names a worker it did not start by host and pid
+    assert f"{socket.gethostname()} pid {b_pid}" in page and "2 workers filled the study together" in page
 
 
 def _source(journal: Path, baseline_lr: float, others: list[float]) -> None:
