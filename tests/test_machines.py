@@ -15,13 +15,11 @@ from pathlib import Path
 
 import optuna
 import pytest
-
+from test_workers import _env
+from test_workers_cli import SMALL
 from tunewise.cli import main
 from tunewise.records import FORCED_KEY, IDENTITY_KEY, PARAMS_KEY, SPACE_KEY, WORKER_KEY
 from tunewise.study.storage import open_storage
-
-from test_workers import _env
-from test_workers_cli import SMALL
 
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 

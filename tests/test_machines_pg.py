@@ -16,7 +16,6 @@ from pathlib import Path
 
 import optuna
 import pytest
-
 from conftest_pg import pg_url, postgres  # noqa: F401  (fixtures)
 from test_workers import IDENTITY, _env, running_in, start_worker, wait_for
 from tunewise.errors import EXIT_STORAGE_LOST
@@ -37,7 +36,7 @@ TINY = ["--set", "epochs=1", "--set", "batch_size=64", "--set", "hflip=false", "
 def _finished(url: str, name: str) -> int:
     try:
         study = optuna.load_study(study_name=name, storage=url)
-    except Exception:  # not created yet
+    except KeyError:  # not created yet
         return 0
     return len(study.get_trials(deepcopy=False, states=FINISHED_STATES))
 

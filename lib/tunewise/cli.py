@@ -38,8 +38,14 @@ import sys
 from pathlib import Path
 
 from tunewise import units
-from tunewise.errors import (EXIT_BAD_INPUT, EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_STORAGE_LOST,
-                             TunewiseError)
+from tunewise.errors import (
+    EXIT_BAD_INPUT,
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_STORAGE_LOST,
+    TunewiseError,
+)
 from tunewise.study.storage import StorageLost
 
 PARAMS_DIR = Path(__file__).resolve().parents[2] / "params"

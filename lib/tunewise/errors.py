@@ -8,7 +8,6 @@ import difflib
 import math
 from typing import Any, Iterable
 
-
 # One exit status per outcome, the same for `tunewise run`, `pipeline`, `tune` and `worker`
 # (the README's table): a supervisor restarts on 3, a script stops on 1 or 2.
 EXIT_OK = 0

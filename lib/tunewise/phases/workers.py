@@ -29,7 +29,12 @@ import yaml
 
 from tunewise import config
 from tunewise.atomic import write_json_atomic, write_summary_files
-from tunewise.errors import EXIT_BAD_INPUT, EXIT_STORAGE_LOST, ConfigError, TunewiseError
+from tunewise.errors import (
+    EXIT_BAD_INPUT,
+    EXIT_STORAGE_LOST,
+    ConfigError,
+    TunewiseError,
+)
 from tunewise.records import PARAMS_KEY
 from tunewise.study.identity import UNRECORDED_PARAMS, recorded_params
 from tunewise.study.storage import ENV_VAR, StorageLost, load_study, open_storage

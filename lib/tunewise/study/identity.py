@@ -33,7 +33,13 @@ from optuna.distributions import BaseDistribution
 from tunewise import __version__
 from tunewise.data.sources import DataSpec
 from tunewise.errors import ConfigError, did_you_mean
-from tunewise.records import FORCED_KEY, HISTORY_KEY, IDENTITY_KEY, PARAMS_KEY, TEST_SPLIT_FIELD
+from tunewise.records import (
+    FORCED_KEY,
+    HISTORY_KEY,
+    IDENTITY_KEY,
+    PARAMS_KEY,
+    TEST_SPLIT_FIELD,
+)
 
 # Never recorded in the study: the storage URL may hold a password, and where the study
 # lives is what a joining worker is told, not what it reads.

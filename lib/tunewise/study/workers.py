@@ -44,7 +44,13 @@ from tunewise.search.samplers import describe_sampler, make_sampler
 from tunewise.study.budget import StudyClock, finished_trials
 from tunewise.study.runner import INTERRUPTED, RunResult, nothing_to_do, study_result
 from tunewise.study.settings import StudySettings
-from tunewise.study.storage import ENV_VAR, JOURNAL_NAME, StorageLost, expand_env, lost_heartbeats
+from tunewise.study.storage import (
+    ENV_VAR,
+    JOURNAL_NAME,
+    StorageLost,
+    expand_env,
+    lost_heartbeats,
+)
 
 THREAD_ENV_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 STOP_GRACE_S = 30.0  # after Ctrl-C, how long workers get to leave the study consistent
