@@ -58,11 +58,11 @@ def test_run_exits_3_when_the_storage_is_lost_for_good(postgres, pg_url, tmp_pat
 
 
 def test_the_progress_line_says_it_waits_for_a_lost_workers_heartbeat(pg_url, tmp_path):
-    beat = {"TW_HEARTBEAT_S": "1", "TW_GRACE_S": "6"}  # Optuna's 60 s and 120 s, shortened
-    n_trials = 4
+    beat = {"TW_HEARTBEAT_S": "1", "TW_GRACE_S": "10"}  # Optuna's 60 s and 120 s, shortened
+    n_trials = 2  # one finished, one running in the dead worker: the next worker must wait for it
     elsewhere = start_worker(pg_url, tmp_path, n_trials, 1.5, name="elsewhere",
                              env={**beat, "TW_FAKE_HOST": "another-machine"})
-    study = open_study("w", open_storage(pg_url, tmp_path, heartbeat_s=1, grace_s=6), identity=make_identity(**IDENTITY))
+    study = open_study("w", open_storage(pg_url, tmp_path, heartbeat_s=1, grace_s=10), identity=make_identity(**IDENTITY))
     try:
         [victim] = wait_for(lambda: finished_trials(study) >= 1 and [t for t in running_in(study, elsewhere) if t.params],
                             [elsewhere])
@@ -80,9 +80,10 @@ def test_the_progress_line_says_it_waits_for_a_lost_workers_heartbeat(pg_url, tm
 
     here = start_worker(pg_url, tmp_path, n_trials, 0.3, name="here", env=beat)
     assert here.wait(timeout=60) == 0, here.log.read_text()
+    assert "waiting up to " in here.log.read_text() and f"heartbeat (trial {victim.number})" in here.log.read_text()
     trials = study.get_trials()
     reason = trials[victim.number].user_attrs[FAIL_REASON_KEY]
-    assert reason.startswith("heartbeat lost: none for over 6 s from its worker (host another-machine, pid "), reason
+    assert reason.startswith("heartbeat lost: none for over 10 s from its worker (host another-machine, pid "), reason
     [retry] = [t for t in trials if t.system_attrs.get("failed_trial") == victim.number]
     assert FAIL_REASON_KEY not in retry.user_attrs and retry.state.name == "COMPLETE"
     printer(study)

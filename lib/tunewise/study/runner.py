@@ -53,7 +53,7 @@ from tunewise.records import (
 )
 from tunewise.study.budget import StudyClock, finished_trials, remaining_trials
 from tunewise.study.recovery import fail_and_requeue, record_worker, recover_stale_trials
-from tunewise.study.storage import StorageLost, outage_of, slot_lock
+from tunewise.study.storage import StorageLost, lost_heartbeats, outage_of, slot_lock
 INTERRUPTED = "interrupted"
 _MAX_REASON_CHARS = 500
 # Reasons the runner records with the trial they happened on; a stop rule records its
@@ -286,6 +286,7 @@ class _Gate:
         self._lock = slot_lock(study)
         self._held = False
         self._waiting_since: float | None = None
+        self._told_lost: set[int] = set()  # trials whose lost heartbeat was said
 
     def claim(self) -> bool:
         """True with the lock held (a slot is free), False when this worker should stop."""
@@ -321,6 +322,12 @@ class _Gate:
             study.stop()
 
     def _note_wait(self, running: int) -> None:
+        lost = {n: left for n, left in lost_heartbeats(self._study).items() if n not in self._told_lost}
+        if lost:  # said once per trial: what this worker waits for, and for how long at most
+            self._told_lost.update(lost)
+            _log.warning("waiting up to %.0f s for a lost worker's heartbeat (trial %s): its trial is "
+                         "failed and queued again once its last heartbeat is older than the grace period",
+                         max(lost.values()), ", ".join(map(str, sorted(lost))))
         now = time.monotonic()
         if self._waiting_since is None:
             self._waiting_since = self._last_note = now
