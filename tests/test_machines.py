@@ -46,8 +46,9 @@ def test_a_join_and_a_noop_resume_leave_the_study_record_byte_identical(tmp_path
                  "--set", f"cache_dir={tmp_path / 'b-cache'}", "--set", "device=cpu"]) == 0
     # A no-op resume from elsewhere with another budget and folder (the issue's `--out gpu0`).
     assert main([*TUNE, "--set", "n_trials=1", "--set", f"storage={journal}", "--out", str(tmp_path / "gpu0")]) == 0
-    # And the owner's own resume, the budget already spent.
-    assert main([*TUNE, "--set", "n_trials=2", "--out", str(a)]) == 0
+    # And the owner's own resume, the budget already spent, as another phase (a change a resume
+    # that runs trials would record).
+    assert main([*TUNE, "--set", "n_trials=2", "--set", "phase=focused", "--out", str(a)]) == 0
     assert _record(a) == record
     assert journal.read_bytes() == journal_bytes  # nothing at all was appended
     assert _study(a).user_attrs[PARAMS_KEY]["n_trials"] == 2

@@ -97,12 +97,16 @@ def prepare(p: Mapping[str, Any], checked: Checked | None = None, *, record: boo
     storage = open_storage(settings.storage, run_dir)  # last: nothing is written for refused input
     identity = study_identity(p, c)
     strategy = c.strategy
+    # A run with its budget spent changes nothing in the study's record (a phase or a data
+    # location that changed is recorded by a run that runs trials); force is said and recorded.
+    existing = load_if_exists(storage, settings.study_name)
+    has_work = existing is None or settings.n_trials is None or finished_trials(existing) < settings.n_trials
+    record_identity = record and (has_work or settings.force)
     study = strategy.open_study(settings.study_name, storage, identity=identity, sampler=c.sampler, pruner=c.pruner,
-                                force=settings.force, distributions=c.space.distributions, record=record)
-    if record and study.user_attrs.get(SPACE_KEY) != c.space.to_dict():
+                                force=settings.force, distributions=c.space.distributions, record=record_identity)
+    if record_identity and study.user_attrs.get(SPACE_KEY) != c.space.to_dict():
         study.set_user_attr(SPACE_KEY, c.space.to_dict())
     if record:  # what `tunewise worker` on another machine joins with
-        has_work = settings.n_trials is None or finished_trials(study) < settings.n_trials
         record_params(study, P.absolute_paths(p), has_work=has_work)
     with warnings.catch_warnings():  # experimental in Optuna 5, stable enough for a label
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
