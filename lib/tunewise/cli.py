@@ -26,7 +26,8 @@ readable message and exit status 2, with nothing written (add --traceback to see
 A failed run exits 1: a failed notebook cell, or a study stopped by its failure guard (most
 trials failed) or by a setup error; `run` keeps the last good report and writes the failed
 one beside it (PHASE.failed.ipynb / .html). A storage lost mid-study (after retrying)
-exits 3; Ctrl-C exits 130.
+exits 3; Ctrl-C exits 130. The same status for the same outcome from run, pipeline, tune
+and worker (errors.EXIT_*; the README's table).
 """
 
 from __future__ import annotations
@@ -37,7 +38,14 @@ import sys
 from pathlib import Path
 
 from tunewise import units
-from tunewise.errors import TunewiseError
+from tunewise.errors import (
+    EXIT_BAD_INPUT,
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_STORAGE_LOST,
+    TunewiseError,
+)
 from tunewise.study.storage import StorageLost
 
 PARAMS_DIR = Path(__file__).resolve().parents[2] / "params"
@@ -90,6 +98,9 @@ def _parser() -> argparse.ArgumentParser:
     merge.add_argument("--study", help="the study to take from each source storage that names none")
     merge.add_argument("--include-failed", action="store_true", help="copy failed trials too")
     merge.add_argument("--force", action="store_true", help="merge studies of another metric or dataset anyway")
+    merge.add_argument("--baseline", metavar="SOURCE",
+                       help="measure the merged study against this source's baseline trial (one of the SOURCEs "
+                            "as given, or its study name); default: each trial against its own source's")
     merge.add_argument("--traceback", action="store_true", default=argparse.SUPPRESS, help="show the full traceback of an error")
     rep = sub.add_parser("repair", help="salvage every readable record of a broken journal file into a new one")
     rep.add_argument("journal", help="the journal file (e.g. runs/mine/study.journal); the original is kept beside it")
@@ -179,7 +190,22 @@ def _worker(args, overrides: dict) -> int:
 
     summary = join_study(args.study, args.storage, overrides=overrides, threads=args.threads)
     _print_study(summary)
-    return 130 if summary["interrupted"] else 0
+    return _study_status(summary)
+
+
+def _study_status(summary: dict) -> int:
+    """The exit status of a study run by `tune` or `worker` (as `run` gives for its notebook)."""
+    from tunewise.execute import FAILED_STOPS
+
+    if summary["interrupted"]:
+        return EXIT_INTERRUPTED
+    return EXIT_FAILED if summary["stop_reason"] in FAILED_STOPS else EXIT_OK
+
+
+def _runs_status(runs) -> int:
+    if any(r.storage_lost for r in runs):
+        return EXIT_STORAGE_LOST
+    return EXIT_OK if all(r.ok for r in runs) else EXIT_FAILED
 
 
 def _merge(args) -> int:
@@ -190,15 +216,37 @@ def _merge(args) -> int:
         storage, _, name = source.rpartition("#") if "#" in source else (source, "", "")
         sources.append((name or args.study or _only_study(storage, but=args.into), storage))
     result = merge_studies(sources, args.into, args.storage or sources[0][1],
-                           include_failed=args.include_failed, force=args.force)
+                           include_failed=args.include_failed, force=args.force,
+                           baseline=_baseline_index(args.baseline, args.sources, sources))
     for s in result["sources"]:
         skipped = ", ".join(f"{n} {state}" for state, n in s["not_copied"].items())
         print(f"{s['study']} @ {s['storage']}: {s['copied']} copied, {s['duplicates']} already there"
               + (f", not copied: {skipped}" if skipped else ""))
+    baselines = result["baselines"]
+    if baselines["sources"]:
+        print("baseline: " + (f"{baselines['chosen']}'s baseline trial" if baselines["chosen"] else
+                              "each source's own baseline trial (" + ", ".join(
+                                  f"{k}: trial {v}" for k, v in baselines["sources"].items()) + ")"))
     print(f"merged into {result['target']} @ {result['storage']}: {result['n_trials']} trials "
           f"({result['copied']} new); next: tunewise run postmortem --set storage={args.storage or sources[0][1]} "
           f"--set 'studies=[{result['target']}]'")
     return 0
+
+
+def _baseline_index(wanted: str | None, given: list[str], sources: list[tuple[str, str]]) -> int | None:
+    """Which source ``merge --baseline`` names: a SOURCE as given, its storage, or its study
+    name when only one source has it; ConfigError otherwise."""
+    if wanted is None:
+        return None
+    for matches in ([i for i, g in enumerate(given) if g == wanted],
+                    [i for i, (_, storage) in enumerate(sources) if storage == wanted],
+                    [i for i, (name, _) in enumerate(sources) if name == wanted]):
+        if len(matches) == 1:
+            return matches[0]
+    from tunewise.errors import ConfigError
+
+    raise ConfigError(f"merge: --baseline {wanted!r} names no single source; allowed: one of "
+                      f"{', '.join(given)} (as given), or a study name only one of them holds")
 
 
 def _only_study(storage: str, but: str) -> str:
@@ -246,7 +294,7 @@ def _report(run) -> None:
 
 def _run(args) -> int:
     from tunewise import params as P
-    from tunewise.execute import FAILED_STOPS, phase_params, pipeline, run_phase
+    from tunewise.execute import phase_params, pipeline, run_phase
 
     if args.command == "merge":
         return _merge(args)
@@ -275,21 +323,19 @@ def _run(args) -> int:
         summary = tune(p, callbacks=callbacks)
         _print_study(summary)
         print(f"summary: {Path(p['run_dir']) / 'summary.json'}")
-        if summary["interrupted"]:
-            return 130
-        return 1 if summary["stop_reason"] in FAILED_STOPS else 0
+        return _study_status(summary)
     if args.command == "run":
         p = phase_params(args.phase, args.params, overrides)
         run = run_phase(args.phase, p, progress=True)
         _report(run)
-        return 0 if run.ok else 1
+        return _runs_status([run])
     file = DEMO_PARAMS if args.command == "demo" else args.params
     out = Path(overrides.pop("run_dir", None) or ("runs/demo" if args.command == "demo" else P.resolve(file)["run_dir"]))
     runs = pipeline(file, overrides, out, progress=True)
     for run in runs:
         _report(run)
     print(f"index: {out / 'index.html'}")
-    return 0 if all(r.ok for r in runs) else 1
+    return _runs_status(runs)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -301,15 +347,16 @@ def main(argv: list[str] | None = None) -> int:
         if args.traceback:
             raise
         print(f"tunewise: error: {exc}", file=sys.stderr)
-        return 3
+        return EXIT_STORAGE_LOST
     except TunewiseError as exc:
         if args.traceback:
             raise
         print(f"tunewise: error: {exc}", file=sys.stderr)
-        return 2
+        # A setup error that stopped a running study is a failed run, as in a notebook.
+        return EXIT_FAILED if getattr(exc, "during_study", False) else EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("tunewise: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -8,6 +8,14 @@ import difflib
 import math
 from typing import Any, Iterable
 
+# One exit status per outcome, the same for `tunewise run`, `pipeline`, `tune` and `worker`
+# (the README's table): a supervisor restarts on 3, a script stops on 1 or 2.
+EXIT_OK = 0
+EXIT_FAILED = 1  # the run failed: a notebook cell, a study stopped by its failure guard or a setup error
+EXIT_BAD_INPUT = 2  # refused before any work, nothing written: bad input, a refused resume, no storage
+EXIT_STORAGE_LOST = 3  # the storage was lost mid-study and did not come back: run again once it is
+EXIT_INTERRUPTED = 130  # Ctrl-C: the interrupted trial is queued again
+
 
 class TunewiseError(Exception):
     """Bad input or a broken setup, found before (or instead of) doing any work."""
@@ -23,6 +31,8 @@ class DataError(TunewiseError):
 
 class SetupError(TunewiseError):
     """The setup itself is broken (so every trial would fail): stop the study."""
+
+    during_study = False  # True once it stopped a running study (a failed run, not refused input)
 
 
 def did_you_mean(name: str, valid: Iterable[str], n: int = 3, cutoff: float = 0.6) -> str:

@@ -46,6 +46,7 @@ class PhaseRun:
     wall_s: float
     error: str = ""
     skipped: bool = False
+    storage_lost: bool = False  # the study's storage was lost mid-run (the CLI exits 3)
     extra: dict = field(default_factory=dict)
 
 
@@ -205,6 +206,7 @@ def run_phase(phase: str, p: dict[str, Any], *, log_output: bool = False, progre
     keep_previous = final.exists() and not _has_error(final)
     start = time.perf_counter()
     error = ""
+    storage_lost = False
     papermill_log = logging.getLogger("papermill")
     level = papermill_log.level
     # Every tunewise parameter is injected (the notebook picks what it uses), so papermill's
@@ -225,6 +227,7 @@ def run_phase(phase: str, p: dict[str, Any], *, log_output: bool = False, progre
             )
     except pm.PapermillExecutionError as exc:
         error = _error_lines(exc)
+        storage_lost = exc.ename == "StorageLost"
     except OSError as exc:
         if not is_disk_full(exc):
             raise
@@ -259,7 +262,8 @@ def run_phase(phase: str, p: dict[str, Any], *, log_output: bool = False, progre
     if summary is not None:
         summary["notebook_wall_s"] = round(wall, 2)
         write_summary_files(out, phase, summary)
-    return PhaseRun(phase, not error, written, html_path, summary, wall, error, skipped=bool(summary and summary.get("skipped")))
+    return PhaseRun(phase, not error, written, html_path, summary, wall, error, skipped=bool(summary and summary.get("skipped")),
+                    storage_lost=storage_lost)
 
 
 def _put_back(path: Path, content: bytes | None) -> None:

@@ -292,8 +292,11 @@ def show_result(summary: dict[str, Any]) -> HTML:
                   + table(params, "Best parameters").data)
     if not summary.get("workers"):
         return result
-    workers = [{"worker": w["index"], "GPU": "cpu" if w["gpu"] is None else w["gpu"], "threads": w["threads"],
-                "trials run": w["trials_run"], "exit status": w["exit_code"], "log": w["log"]}
+    # A worker this run did not start (one that joined from another machine) has only its host and pid.
+    workers = [{"worker": w["index"] if w["index"] is not None else f"{w.get('host')} pid {w['pid']}",
+                "GPU": "" if w["index"] is None else "cpu" if w["gpu"] is None else w["gpu"],
+                "threads": w["threads"] or "", "trials run": w["trials_run"],
+                "exit status": "" if w["exit_code"] is None else w["exit_code"], "log": w["log"] or ""}
                for w in summary["workers"]]
     return HTML(result.data + table(workers, f"{len(workers)} workers filled the study together").data)
 
@@ -700,7 +703,24 @@ def show_phase_table(studies: list[optuna.Study]) -> HTML:
              and (r["trials"] < FEW_TRIALS or (r["time_h"] or 0) * 3600 < SHORT_S)]
     note = (f"<p><i>ROI (gain per hour) of {', '.join(map(html.escape, small))}: from fewer than {FEW_TRIALS} trials or "
             f"under {units.duration(SHORT_S)}, too little to rate; read the gain, not the rate.</i></p>") if small else ""
-    return HTML("<p><b>The phases side by side</b> (the seed's case format)</p>" + phase_table_html(rows) + note)
+    return HTML("<p><b>The phases side by side</b> (the seed's case format)</p>" + phase_table_html(rows) + note
+                + _merged_baselines_html(studies))
+
+
+def _merged_baselines_html(studies: list[optuna.Study]) -> str:
+    """For a merged study: which baseline its gain is measured against, and each source's
+    own gain over its own baseline."""
+    out = ""
+    for s in studies:
+        rows = postmortem.source_gains(s)
+        if rows or records.baseline_source(s):
+            out += f"<p>{html.escape(s.study_name)}: gain measured against {html.escape(postmortem.baseline_said(s))}.</p>"
+        if rows:
+            out += table([{"source": r["source"], "baseline": r["baseline"], "best": r["best"],
+                           "gain": None if r["gain"] is None else f"{r['gain']:+.4f}",
+                           "gain %": None if r["gain_pct"] is None else f"{r['gain_pct']:+.1f}%"} for r in rows],
+                         f"{s.study_name}: each source against its own baseline").data
+    return out
 
 
 def show_stops_and_savings(studies: list[optuna.Study]) -> HTML:

@@ -23,6 +23,7 @@ from optuna.trial import FrozenTrial, TrialState
 # --- study user attributes ------------------------------------------------------------------
 IDENTITY_KEY = "tunewise.identity"  # phase, fingerprints, model, metric, direction(s), objectives, version
 HISTORY_KEY = "tunewise.identity_history"  # every change of identity on resume: when, what, forced
+FORCED_KEY = "tunewise.forced"  # every force=true that replaced the identity: when, host, {field: [old, new]}
 ELAPSED_KEY = "tunewise.elapsed_s"  # seconds spent on the study across all its runs
 PARAMS_KEY = "tunewise.params"  # the run parameters the study was prepared with (no storage URL)
 SPACE_KEY = "tunewise.search_space"  # the search space the study searches, as a dict
@@ -34,6 +35,9 @@ BASELINE_FROM_KEY = "tunewise.baseline_from"  # {study, trial, value}: a baselin
 ADVICE_KEY = "tunewise.advice"  # the advisor's prediction when the study started
 MERGED_KEY = "tunewise.merged_from"  # one entry per merge into this study
 MERGED_ELAPSED_KEY = "tunewise.merged_elapsed_s"  # seconds spent, per merged source study
+# On a merged study: {"sources": {"STUDY@STORAGE": its baseline trial's number here},
+# "chosen": one of them (`merge --baseline`), or None: each trial against its own source's}
+MERGED_BASELINES_KEY = "tunewise.merged_baselines"
 TEST_SCORE_KEY = "tunewise.test_score"  # {"value": macro-F1 on the untouched test split, ...}: the final phase's one score
 VALIDATION_KEY = "tunewise.validation"  # the validation phase's result, on the study it validated
 TRACKING_RUNS_KEY = "tunewise.tracking_runs"  # {tracking server (password masked): its MLflow run id of this study}
@@ -103,9 +107,36 @@ def best_value(study: optuna.Study) -> float | None:
 
 
 def baseline_trial(study: optuna.Study) -> FrozenTrial | None:
-    """The complete trial marked ``BASELINE_KEY`` (the default settings; the earliest when a
-    merge brought several), else None."""
-    return next((t for t in complete_trials(study) if t.user_attrs.get(BASELINE_KEY)), None)
+    """The complete trial marked ``BASELINE_KEY`` (the default settings), else None. A merged
+    study holds one per source: the one ``merge --baseline`` chose, else the baseline of the
+    best trial's own source (``baseline_source`` says which)."""
+    complete = complete_trials(study)
+    source = baseline_source(study, complete)
+    if source is not None:
+        number = study.user_attrs[MERGED_BASELINES_KEY]["sources"][source]
+        found = next((t for t in complete if t.number == number), None)
+        if found is not None:
+            return found
+    return next((t for t in complete if t.user_attrs.get(BASELINE_KEY)), None)
+
+
+def source_label(trial: FrozenTrial) -> str | None:
+    """``STUDY@STORAGE`` of the study a merged trial first ran in (None: not merged)."""
+    origin = trial.user_attrs.get(ORIGIN_KEY)
+    return f"{origin.get('study')}@{origin.get('storage')}" if isinstance(origin, dict) else None
+
+
+def baseline_source(study: optuna.Study, complete: list[FrozenTrial] | None = None) -> str | None:
+    """Which source's baseline a merged study is measured against: the one chosen at merge
+    time, else the best trial's source; None for a study that was not merged with baselines."""
+    merged = study.user_attrs.get(MERGED_BASELINES_KEY)
+    if not isinstance(merged, dict) or not merged.get("sources"):
+        return None
+    if merged.get("chosen") in merged["sources"]:
+        return merged["chosen"]
+    best = best_trial(study, complete)
+    source = source_label(best) if best is not None else None
+    return source if source in merged["sources"] else None
 
 
 def baseline_value(study: optuna.Study) -> float | None:

@@ -23,18 +23,23 @@ from optuna.trial import FrozenTrial, TrialState
 
 from tunewise import units
 from tunewise.records import (
+    BASELINE_FROM_KEY,
     ELAPSED_KEY,
     EPOCHS_RUN_KEY,
     FINISHED_STATES,
+    MERGED_BASELINES_KEY,
     STOP_DETAILS_KEY,
     STOP_REASON_KEY,
     TEST_SCORE_KEY,
     VALIDATION_KEY,
+    baseline_source,
+    baseline_trial,
     baseline_value,
     best_trial,
     complete_trials,
     identity,
     sign,
+    source_label,
 )
 
 ROI_FRACTIONS = (0.8, 0.95)
@@ -161,11 +166,50 @@ def summarize_study(study: optuna.Study) -> dict[str, Any]:
         "best_params": dict(best.params) if best else None,
         "best_trial": best.number if best else None,
         "baseline_value": base,
+        "baseline": baseline_said(study),
         "gain": gain,
         "relative_gain": None if gain is None or not base else gain / abs(base),
         "time_h": study_hours(study),
         "stop": stop_reasons(study),
+        "source_gains": source_gains(study),
     }
+
+
+def baseline_said(study: optuna.Study) -> str:
+    """Which baseline the study's gain is measured against, in words."""
+    marked = baseline_trial(study)
+    source = baseline_source(study)
+    if source is not None and marked is not None:
+        merged = study.user_attrs.get(MERGED_BASELINES_KEY) or {}
+        how = "chosen at merge" if merged.get("chosen") == source else "the best trial's source"
+        return f"trial {marked.number}, the baseline of {source} ({how})"
+    if marked is not None:
+        return f"trial {marked.number} (the default settings)"
+    inherited = study.user_attrs.get(BASELINE_FROM_KEY)
+    if isinstance(inherited, dict) and inherited.get("value") is not None:
+        return f"inherited from study {inherited.get('study')} (trial {inherited.get('trial')})"
+    return "the first complete trial (no baseline trial ran)" if complete_trials(study) else "none yet"
+
+
+def source_gains(study: optuna.Study) -> list[dict[str, Any]]:
+    """For a merged study with several source baselines: each source's baseline, its best
+    trial and the gain between them (empty for any other study)."""
+    merged = study.user_attrs.get(MERGED_BASELINES_KEY) or {}
+    sources = merged.get("sources") or {}
+    if len(sources) < 2:
+        return []
+    complete = complete_trials(study)
+    rows = []
+    for source, number in sources.items():
+        base = next((t for t in complete if t.number == number), None)
+        own = [t for t in complete if source_label(t) == source]
+        best = best_trial(study, own) if own else None
+        gain = None if base is None or best is None else sign(study) * (best.values[0] - base.values[0])
+        rows.append({"source": source, "baseline_trial": number, "baseline": base.values[0] if base else None,
+                     "best_trial": best.number if best else None, "best": best.values[0] if best else None,
+                     "gain": gain, "gain_pct": None if gain is None or not base or not base.values[0]
+                     else 100 * gain / abs(base.values[0])})
+    return rows
 
 
 def study_hours(study: optuna.Study) -> float | None:

@@ -22,14 +22,15 @@ from optuna.trial import TrialState
 from tunewise import __version__
 from tunewise import config as P
 from tunewise import units
-from tunewise.atomic import write_summary_files
+from tunewise.atomic import write_json_atomic, write_summary_files
 from tunewise.data.cache import ImageData, announce, describe, load_images
 from tunewise.data.splits import HeldOut, held_out
 from tunewise.records import BASELINE_KEY, SPACE_KEY, baseline_trial, baseline_value
 from tunewise.search.samplers import describe_pruner, describe_sampler, make_pruner, make_sampler
 from tunewise.search.space import SearchSpace
 from tunewise.study.warmstart import warm_start_from
-from tunewise.study.budget import StudyClock
+from tunewise.study.workers import other_workers, trial_workers
+from tunewise.study.budget import StudyClock, finished_trials
 from tunewise.errors import ConfigError
 from tunewise.study.identity import check_resume as check_study_resume
 from tunewise.study.identity import make_identity, record_params
@@ -99,16 +100,22 @@ def prepare(p: Mapping[str, Any], checked: Checked | None = None, *, record: boo
     storage = open_storage(settings.storage, run_dir)  # last: nothing is written for refused input
     identity = study_identity(p, c)
     strategy = c.strategy
+    # A run with its budget spent changes nothing in the study's record (a phase or a data
+    # location that changed is recorded by a run that runs trials); force is said and recorded.
+    existing = load_if_exists(storage, settings.study_name)
+    has_work = existing is None or settings.n_trials is None or finished_trials(existing) < settings.n_trials
+    record_identity = record and (has_work or settings.force)
     study = strategy.open_study(settings.study_name, storage, identity=identity, sampler=c.sampler, pruner=c.pruner,
-                                force=settings.force, distributions=c.space.distributions)
-    if study.user_attrs.get(SPACE_KEY) != c.space.to_dict():
+                                force=settings.force, distributions=c.space.distributions, record=record_identity)
+    if record_identity and study.user_attrs.get(SPACE_KEY) != c.space.to_dict():
         study.set_user_attr(SPACE_KEY, c.space.to_dict())
-    if record:
-        record_params(study, P.absolute_paths(p))  # what `tunewise worker` on another machine joins with
+    if record:  # what `tunewise worker` on another machine joins with
+        record_params(study, P.absolute_paths(p), has_work=has_work)
     with warnings.catch_warnings():  # experimental in Optuna 5, stable enough for a label
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        # Dashboards label the axis "macro_f1", not "Objective 0".
-        study.set_metric_names(strategy.metric_names)
+        # Dashboards label the axis "macro_f1", not "Objective 0" (written once, not on each resume).
+        if study.metric_names != list(strategy.metric_names):
+            study.set_metric_names(strategy.metric_names)
     if study.trials and p.train.seed is not None:
         # A resumed run with the same seed would replay the first run's random draws
         # (duplicate trials): offset the seed by what the study already holds.
@@ -191,10 +198,13 @@ def run_here(
     prep: Prepared | None = None,
     baseline: float | None = None,
     joined: bool = False,
+    summary_file: str | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) the phase's study in this process; returns the summary also written
-    to summary.json (arguments as tuning.tune's; ``joined``: a worker joining a study that
-    another process started, which leaves the study's earlier trials to that one's tracking)."""
+    to summary.json (arguments as tuning.tune's). ``joined``: a worker joining a study that
+    another process started, which leaves the study's earlier trials to that one's tracking.
+    ``summary_file``: a joining worker's own name for it under the run folder instead ("": none),
+    so it never replaces the study owner's summary.json."""
     prep = prep or prepare(p)
     settings = prep.params.study
     study = prep.study
@@ -208,7 +218,10 @@ def run_here(
     )
     summary = summarize(prep, result, baseline)
     finish_tracking(tracker, prep, summary, sync=not joined)
-    write_summary_files(prep.run_dir, settings.phase, summary)
+    if summary_file is None:
+        write_summary_files(prep.run_dir, settings.phase, summary)
+    elif summary_file:
+        write_json_atomic(prep.run_dir / summary_file, summary)
     return summary
 
 
@@ -276,6 +289,9 @@ def summarize(prep: Prepared, result: RunResult, baseline: float | None = None) 
         "search_space": prep.space.to_dict(),
         "tunewise_version": __version__,
         **prep.strategy.summary_extra(study, p.study),
+        # Every worker that ran a trial, from the storage (one that joined from another
+        # machine too); listed when there were several.
+        **({"workers": other_workers(study, [])} if len(trial_workers(study)) > 1 else {}),
     }
 
 

@@ -16,8 +16,10 @@ Worker logs and results go to ``<run_dir>/workers/``.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
+import socket
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
@@ -27,13 +29,20 @@ import yaml
 
 from tunewise import config
 from tunewise.atomic import write_json_atomic, write_summary_files
-from tunewise.errors import ConfigError, TunewiseError
-from tunewise.study.identity import recorded_params
+from tunewise.errors import (
+    EXIT_BAD_INPUT,
+    EXIT_STORAGE_LOST,
+    ConfigError,
+    TunewiseError,
+)
+from tunewise.records import PARAMS_KEY
+from tunewise.study.identity import UNRECORDED_PARAMS, recorded_params
 from tunewise.study.storage import ENV_VAR, StorageLost, load_study, open_storage
 from tunewise.study.workers import (
     STOP_GRACE_S,
     ParentWatch,
     limit_threads,
+    other_workers,
     plan_workers,
     run_worker_processes,
     worker_sampler,
@@ -43,7 +52,6 @@ if TYPE_CHECKING:
     from tunewise.phases.prepare import Prepared
 
 WORKER_MODULE = "tunewise.phases.workers"  # what `python -m` runs in each worker process
-EXIT_STORAGE_LOST = 3
 
 _log = logging.getLogger(__name__)
 
@@ -77,12 +85,22 @@ def run_workers(
     phase.start_new_study(prep)
     tracker = phase.start_tracking(prep)  # the parent run, before any worker looks for it
     result, described = run_worker_processes(p.study, prep.study, plans, prep.run_dir / "workers", WORKER_MODULE,
-                                             progress=progress, poll_s=poll_s, stop_grace_s=stop_grace_s)
+                                             progress=progress, poll_s=poll_s, stop_grace_s=stop_grace_s,
+                                             overrides=_local_settings(p, prep.study))
     summary = phase.summarize(prep, result, baseline)
-    summary["workers"] = described
+    summary["workers"] = [*described, *other_workers(prep.study, described)]
     phase.finish_tracking(tracker, prep, summary)  # what a worker could not log, logged now
     write_summary_files(prep.run_dir, p["phase"], summary)
     return summary
+
+
+def _local_settings(p: config.RunConfig, study: optuna.Study) -> dict[str, Any]:
+    """This run's parameters that differ from the study's record: the workers it starts
+    run with them (they are this machine's), while the record stays the study's."""
+    recorded = study.user_attrs.get(PARAMS_KEY) or {}
+    mine = json.loads(json.dumps({k: v for k, v in config.absolute_paths(p).items()
+                                  if k not in (*UNRECORDED_PARAMS, "workers", "gpus")}, default=str))
+    return {k: v for k, v in mine.items() if recorded.get(k, None) != v}
 
 
 def join_study(
@@ -125,10 +143,35 @@ def join_study(
     extra = list(callbacks or [])
     if parent_pid:
         extra.append(ParentWatch(parent_pid))
-    summary = phase.run_here(p, prep=prep, callbacks=extra, joined=True)
+    # A worker started by run_workers reports through its result file; one that joined from
+    # elsewhere writes its log and summary under names of its own, never the owner's summary.json.
+    own = "" if result_path else str(Path("workers") / f"summary-{p['phase']}.{worker_name()}.json")
+    log = None if result_path else _log_to(prep.run_dir / "workers" / f"{worker_name()}.log")
+    try:
+        summary = phase.run_here(p, prep=prep, callbacks=extra, joined=True, summary_file=own)
+    finally:
+        if log is not None:
+            logging.getLogger("tunewise").removeHandler(log)
+            log.close()
     if result_path:
         write_json_atomic(result_path, summary)
+    else:
+        print(f"this worker's summary: {prep.run_dir / own}; its log: {log.baseFilename}")
     return summary
+
+
+def _log_to(path: Path) -> logging.Handler:
+    """tunewise's log lines (retries, recovered trials, waits: what reaches the console) also to ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.getLogger("tunewise").addHandler(handler)
+    return handler
+
+
+def worker_name() -> str:
+    """What names a joining worker's own files: ``worker-HOST-PID``."""
+    return f"worker-{socket.gethostname()}-{os.getpid()}"
 
 
 # --- the worker process --------------------------------------------------------------------
@@ -159,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_STORAGE_LOST
     except TunewiseError as exc:
         print(f"tunewise: error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         return 130
     return 130 if summary["interrupted"] else 0

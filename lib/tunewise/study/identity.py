@@ -7,7 +7,9 @@
   setup is refused (its trials would not be comparable) unless forced, with each difference
   by name and value, before anything is written; a categorical parameter's choices can
   never change (Optuna would fail every later trial). Every accepted change is appended to
-  ``tunewise.identity_history``.
+  ``tunewise.identity_history``; a forced one is also said (on stderr) and appended to
+  ``tunewise.forced`` (what it replaced, old -> new). A worker that joins the study
+  (``record=False``) never writes it: its machine's paths and settings stay its own.
 - ``record_params`` keeps the run parameters a study was prepared with (``tunewise.params``,
   the storage URL left out, paths absolute), so a worker on another machine can join the
   study knowing only its name and storage.
@@ -20,6 +22,8 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
+import sys
 from datetime import datetime, timezone
 from typing import Any, Mapping
 
@@ -29,11 +33,19 @@ from optuna.distributions import BaseDistribution
 from tunewise import __version__
 from tunewise.data.sources import DataSpec
 from tunewise.errors import ConfigError, did_you_mean
-from tunewise.records import HISTORY_KEY, IDENTITY_KEY, PARAMS_KEY, TEST_SPLIT_FIELD
+from tunewise.records import (
+    FORCED_KEY,
+    HISTORY_KEY,
+    IDENTITY_KEY,
+    PARAMS_KEY,
+    TEST_SPLIT_FIELD,
+)
 
 # Never recorded in the study: the storage URL may hold a password, and where the study
 # lives is what a joining worker is told, not what it reads.
 UNRECORDED_PARAMS = ("storage",)
+# What a resume may change in the recorded parameters: the study-wide budget.
+BUDGET_PARAMS = ("n_trials", "timeout")
 
 # Resuming with any of these changed mixes incomparable trials: refused unless forced.
 GUARDED_FIELDS = ("space_fingerprint", "data_fingerprint", "model", "metric", "direction", "settings", "search_space", TEST_SPLIT_FIELD)
@@ -95,6 +107,7 @@ def open_study(
     pruner: optuna.pruners.BasePruner | None = None,
     force: bool = False,
     distributions: Mapping[str, BaseDistribution] | None = None,
+    record: bool = True,
 ) -> optuna.Study:
     """Create study ``name`` or resume it, refusing (ConfigError) a resume for another setup.
 
@@ -104,6 +117,8 @@ def open_study(
     choices of a categorical parameter the study's trials already used (``distributions``:
     the space about to be searched), can never change. An existing study is checked before
     anything is written to it, so a refused resume leaves the storage as it was.
+    ``record=False`` (a joining worker): an existing study's identity is left as it is, even
+    when ``force`` lets this process join despite a difference.
     """
     if not name:
         raise ConfigError("study name is empty: give each study a name so it can be resumed")
@@ -118,6 +133,12 @@ def open_study(
         # Read first: creating with load_if_exists would append to a journal even when refused.
         study = optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
         check_resume(study, new, force=force, directions=wanted, distributions=distributions)
+        if not record:
+            conflicts = _conflicts(study.user_attrs.get(IDENTITY_KEY), new)
+            if conflicts:
+                _say(f"study {name!r}: joining with force; its record is left as it is, this worker "
+                     f"differs in:\n{_diff_lines(conflicts, _changes(study.user_attrs.get(IDENTITY_KEY), new))}")
+            return study
     else:
         study = optuna.create_study(
             study_name=name,
@@ -241,10 +262,20 @@ def _record_identity(study: optuna.Study, new: dict[str, Any]) -> None:
         "changed": changed,
         "previous": old,
     }
+    if conflicts:
+        # A named action, never a side effect: said, and recorded with what it replaced.
+        replaced = {k: v for k, v in changed.items() if k.split(".", 1)[0] in GUARDED_FIELDS}
+        _say(f"study {study.study_name!r}: force=true replaces its recorded identity:\n"
+             f"{_diff_lines(conflicts, changed)}")
+        forced = {"at": entry["at"], "host": socket.gethostname(), "replaced": replaced}
+        study.set_user_attr(FORCED_KEY, [*study.user_attrs.get(FORCED_KEY, []), forced])
     study.set_user_attr(HISTORY_KEY, [*study.user_attrs.get(HISTORY_KEY, []), entry])
     study.set_user_attr(IDENTITY_KEY, new)
-    if conflicts:
-        _log.warning("study %r resumed with force: %s", study.study_name, _diff_lines(conflicts, changed))
+
+
+def _say(text: str) -> None:
+    """To stderr, whatever logging is set up (a notebook shows it under the cell)."""
+    print(f"tunewise: {text}", file=sys.stderr, flush=True)
 
 
 def _conflict_message(name: str, conflicts: dict[str, list[Any]], changed: dict[str, list[Any]] | None = None) -> str:
@@ -287,12 +318,25 @@ def _order(item: tuple[str, Any]) -> tuple[int, str]:
     return ({"location": 0, "settings": 1, "search_space": 2}.get(key.split(".", 1)[0], 3) if "." in key else 3, key)
 
 
-def record_params(study: optuna.Study, p: dict[str, Any]) -> None:
-    """Store the run parameters ``p`` (minus UNRECORDED_PARAMS) in the study, if changed."""
+def record_params(study: optuna.Study, p: dict[str, Any], *, has_work: bool = True) -> None:
+    """Store the run parameters ``p`` (minus UNRECORDED_PARAMS) in a study that has none
+    (created now, or by an older tunewise): what a worker joining later starts from.
+
+    Afterwards they are the study's record, changed by no resume and no join; only the
+    budget (BUDGET_PARAMS) follows a resume that raises or lowers it and has trials to run
+    (``has_work``), since joining workers stop at the recorded budget. A run with nothing
+    left to do writes nothing."""
     kept = {k: v for k, v in p.items() if k not in UNRECORDED_PARAMS}
     recorded = json.loads(json.dumps(kept, default=str))  # as the storage will give it back
-    if study.user_attrs.get(PARAMS_KEY) != recorded:
+    stored = study.user_attrs.get(PARAMS_KEY)
+    if not isinstance(stored, dict):
         study.set_user_attr(PARAMS_KEY, recorded)
+        return
+    changed = {k: (stored.get(k), recorded.get(k)) for k in BUDGET_PARAMS if stored.get(k) != recorded.get(k)}
+    if has_work and changed:
+        study.set_user_attr(PARAMS_KEY, {**stored, **{k: new for k, (_, new) in changed.items()}})
+        _log.info("study %r: budget recorded for joining workers: %s", study.study_name,
+                  ", ".join(f"{k} {old} -> {new}" for k, (old, new) in changed.items()))
 
 
 def recorded_params(study: optuna.Study) -> dict[str, Any]:

@@ -18,9 +18,11 @@ from optuna.trial import FrozenTrial, TrialState
 
 from tunewise.errors import ConfigError
 from tunewise.records import (
+    BASELINE_KEY,
     ELAPSED_KEY,
     FINISHED_STATES,
     IDENTITY_KEY,
+    MERGED_BASELINES_KEY,
     MERGED_ELAPSED_KEY,
     MERGED_KEY,
     ORIGIN_KEY,
@@ -28,6 +30,7 @@ from tunewise.records import (
     STOP_DETAILS_KEY,
     STOP_REASON_KEY,
     identity,
+    source_label,
     storage_of,
 )
 from tunewise.study.storage import load_if_exists, load_study, location, open_storage
@@ -42,6 +45,7 @@ def merge_studies(
     *,
     include_failed: bool = False,
     force: bool = False,
+    baseline: int | None = None,
 ) -> dict[str, Any]:
     """Copy the finished (COMPLETE, PRUNED; with ``include_failed`` also FAIL) trials of
     each ``(study name, storage)`` into study ``target_name`` (created if needed).
@@ -51,6 +55,10 @@ def merge_studies(
     origin, parameters and value are already in the target is skipped, so merging again
     copies nothing twice. Studies with opposite directions are refused; a different metric
     or dataset is refused unless ``force``. Returns the counts.
+
+    Each source's baseline trial is recorded (``tunewise.merged_baselines``): the merged
+    study is measured against ``sources[baseline]``'s when given, else each trial against
+    its own source's (records.baseline_trial).
     """
     if not sources:
         raise ConfigError("merge: no source studies; allowed: one or more (study name, storage) pairs")
@@ -64,6 +72,11 @@ def merge_studies(
     storage = open_storage(target_storage, ".")
     target = load_if_exists(storage, target_name)
     differences = _check_mergeable(loaded, target, force)
+    if baseline is not None and not 0 <= baseline < len(loaded):
+        raise ConfigError(f"merge: baseline source {baseline} is not one of the {len(loaded)} sources")
+    if baseline is not None and _baseline_of(loaded[baseline]) is None:
+        raise ConfigError(f"merge: --baseline {_label(loaded[baseline])} has no complete baseline trial; "
+                          "allowed: a source whose baseline (default settings) trial completed")
     present = target.get_trials(deepcopy=False) if target is not None else []
     seen = {_key(_origin_of(t, target), t) for t in present}
     states = (*FINISHED_STATES, TrialState.FAIL) if include_failed else FINISHED_STATES
@@ -92,6 +105,7 @@ def merge_studies(
         target = optuna.create_study(study_name=target_name, storage=storage, direction=loaded[0].direction)
     target.add_trials(copies)
     _record_merge(target, loaded, per_source, differences)
+    baselines = _record_baselines(target, loaded, baseline)
     return {
         "target": target_name,
         "storage": location(storage_of(target)),
@@ -100,7 +114,36 @@ def merge_studies(
         "sources": per_source,
         "n_trials": len(target.get_trials(deepcopy=False)),
         "forced": differences,
+        "baselines": baselines,
     }
+
+
+def _baseline_of(study: optuna.Study) -> FrozenTrial | None:
+    """A source's own baseline trial: the earliest complete one marked, its origin its own."""
+    return next((t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                 if t.user_attrs.get(BASELINE_KEY)), None)
+
+
+def _record_baselines(target: optuna.Study, sources: list[optuna.Study], chosen: int | None) -> dict[str, Any]:
+    """Where each source's baseline trial landed in ``target``, and which one it is measured
+    against (None: each trial against its own source's); recorded in MERGED_BASELINES_KEY."""
+    present = {_key(_origin_of(t, target), t): t for t in target.get_trials(deepcopy=False)}
+    merged = dict(target.user_attrs.get(MERGED_BASELINES_KEY) or {"sources": {}, "chosen": None})
+    found = dict(merged.get("sources") or {})
+    chosen_label = merged.get("chosen")
+    for index, source in enumerate(sources):
+        base = _baseline_of(source)
+        copy = present.get(_key(_origin_of(base, source), base)) if base is not None else None
+        if copy is None:
+            continue
+        label = source_label(copy)
+        found[label] = copy.number
+        if index == chosen:
+            chosen_label = label
+    record = {"sources": found, "chosen": chosen_label}
+    if found and record != target.user_attrs.get(MERGED_BASELINES_KEY):
+        target.set_user_attr(MERGED_BASELINES_KEY, record)
+    return record
 
 
 def _label(study: optuna.Study) -> str:

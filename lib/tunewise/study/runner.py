@@ -41,6 +41,7 @@ from tunewise import units
 from tunewise.errors import SetupError
 from tunewise.records import (
     storage_of,
+    ELAPSED_KEY,
     FAIL_REASON_KEY,
     FINISHED_STATES,
     PHASE_KEY,
@@ -52,7 +53,7 @@ from tunewise.records import (
 )
 from tunewise.study.budget import StudyClock, finished_trials, remaining_trials
 from tunewise.study.recovery import fail_and_requeue, record_worker, recover_stale_trials
-from tunewise.study.storage import StorageLost, outage_of, slot_lock
+from tunewise.study.storage import StorageLost, lost_heartbeats, outage_of, slot_lock
 INTERRUPTED = "interrupted"
 _MAX_REASON_CHARS = 500
 # Reasons the runner records with the trial they happened on; a stop rule records its
@@ -132,13 +133,12 @@ def _run(
 ) -> RunResult:
     recover_stale_trials(study)
     clock = clock if clock is not None else StudyClock(study)
-    _record_stop(study, None, None)  # a reason left by an earlier run is not this run's
     remaining = None if n_trials is None else remaining_trials(study, n_trials)
     attempts = None if remaining is None else max_attempts(remaining)
     time_left = None if timeout is None else timeout - clock.elapsed_s()
     if remaining == 0 or (time_left is not None and time_left <= 0):
-        reason, details = _why_stopped(study, clock, n_trials, timeout, attempts, 0)
-        return _finish(study, clock, reason, details)
+        return nothing_to_do(study, n_trials, timeout, clock.run_wall_s())
+    _record_stop(study, None, None)  # a reason left by an earlier run is not this run's
 
     gate = None if n_trials is None else _Gate(study, n_trials, clock, timeout, sigint)
     run = _Run(study, objective, sigint, claimed=gate.release if gate else None)
@@ -168,6 +168,8 @@ def _run(
             # trial), nothing more can be written: say so plainly.
             raise StorageLost(outage.lost) from None
         reason = "setup error" if isinstance(exc, SetupError) else "error"
+        if isinstance(exc, SetupError):
+            exc.during_study = True
         _finish(study, clock, reason, {"trial": run.current, "message": describe_error(exc)},
                 run.started)
         raise
@@ -177,9 +179,31 @@ def _run(
     if run.setup_error is not None:
         details = {"trial": run.current, "message": describe_error(run.setup_error)}
         _finish(study, clock, "setup error", details, run.started)
+        run.setup_error.during_study = True  # the study ran and stopped: a failed run (exit 1)
         raise run.setup_error
     reason, details = _why_stopped(study, clock, n_trials, timeout, attempts, run.started)
     return _finish(study, clock, reason, details, run.started)
+
+
+def nothing_to_do(study: optuna.Study, n_trials: int | None, timeout: float | None,
+                  run_wall_s: float = 0.0) -> RunResult:
+    """The RunResult of a run that finds the budget spent, writing nothing to the study
+    unless its recorded stop reason says otherwise (a resume or join that runs no trial
+    leaves the study's record as it was: no clock, no reason rewritten)."""
+    attrs = study.user_attrs
+    elapsed = float(attrs.get(ELAPSED_KEY, 0.0))
+    finished = finished_trials(study)
+    figures = {"finished_trials": finished, "n_trials": n_trials, "elapsed_s": round(elapsed, 3), "timeout_s": timeout}
+    if n_trials is not None and finished >= n_trials:
+        reason, details = "budget", {**figures, "message": f"{finished} of {n_trials} trials finished."}
+    else:
+        reason, details = "timeout", {**figures, "message": (
+            f"{units.duration(elapsed)} spent across runs, the time budget is {units.duration(timeout or 0)}.")}
+    if attrs.get(STOP_REASON_KEY) == reason and isinstance(attrs.get(STOP_DETAILS_KEY), dict):
+        details = attrs[STOP_DETAILS_KEY]  # as the run that spent it said
+    else:
+        _record_stop(study, reason, details)
+    return study_result(study, reason, details, ran=0, elapsed_s=elapsed, run_wall_s=run_wall_s)
 
 
 def max_attempts(remaining: int) -> int:
@@ -262,6 +286,7 @@ class _Gate:
         self._lock = slot_lock(study)
         self._held = False
         self._waiting_since: float | None = None
+        self._told_lost: set[int] = set()  # trials whose lost heartbeat was said
 
     def claim(self) -> bool:
         """True with the lock held (a slot is free), False when this worker should stop."""
@@ -297,6 +322,12 @@ class _Gate:
             study.stop()
 
     def _note_wait(self, running: int) -> None:
+        lost = {n: left for n, left in lost_heartbeats(self._study).items() if n not in self._told_lost}
+        if lost:  # said once per trial: what this worker waits for, and for how long at most
+            self._told_lost.update(lost)
+            _log.warning("waiting up to %.0f s for a lost worker's heartbeat (trial %s): its trial is "
+                         "failed and queued again once its last heartbeat is older than the grace period",
+                         max(lost.values()), ", ".join(map(str, sorted(lost))))
         now = time.monotonic()
         if self._waiting_since is None:
             self._waiting_since = self._last_note = now

@@ -5,7 +5,10 @@
   hits "database is locked"), and optuna-dashboard opens it as is. A path ending in
   ``.journal`` or ``.log`` is a journal file too.
 - ``sqlite:///``, ``postgresql://``, ``mysql://`` (optionally ``+driver``): an RDB storage
-  with a heartbeat, so a killed worker's trial is failed and retried (up to 3 times).
+  with a heartbeat, so a killed worker's trial is failed and retried (up to 3 times). Optuna
+  records one every HEARTBEAT_INTERVAL_S and fails a trial whose last one is older than
+  GRACE_PERIOD_S when a worker next checks (at each slot claim); the failed trial gets a
+  ``fail_reason`` saying so, and ``lost_heartbeats`` tells a progress line what it waits for.
   PostgreSQL is the tested server for several machines (``pip install 'psycopg[binary]'``).
 
 Outages: a call that fails for want of a connection is retried with backoff for up to
@@ -44,7 +47,7 @@ from optuna.storages import BaseStorage, JournalStorage, RDBStorage
 from optuna.storages.journal import JournalFileBackend
 
 from tunewise.errors import ConfigError, SetupError, did_you_mean
-from tunewise.records import storage_of
+from tunewise.records import FAIL_REASON_KEY, WORKER_KEY, storage_of
 from tunewise.study.journal import GuardedJournalBackend
 
 ENV_VAR = "TUNEWISE_STORAGE"
@@ -57,6 +60,7 @@ SQLITE_SUFFIXES = (".db", ".sqlite", ".sqlite3")
 HEARTBEAT_INTERVAL_S = 60
 GRACE_PERIOD_S = 120
 MAX_RETRY = 3
+HEARTBEAT_LOST = "heartbeat lost"  # how a heartbeat-failed trial's fail_reason starts
 CONNECT_TIMEOUT_S = 5
 RETRY_S = 20.0  # how long a lost connection is retried before the storage is declared lost
 FIRST_BACKOFF_S = 0.5  # then doubling, up to MAX_BACKOFF_S
@@ -244,9 +248,7 @@ def _rdb(url: str, scheme: str, retry_s: float, heartbeat_s: int, grace_s: int) 
                     engine_kwargs=engine_kwargs,
                     heartbeat_interval=heartbeat_s,
                     grace_period=grace_s,
-                    heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
-                        max_retry=MAX_RETRY
-                    ),
+                    heartbeat_stale_trial_callback=_RetryStaleTrial(max_retry=MAX_RETRY),
                 )
         except Exception as exc:  # any driver/DB error: one clear line instead of a traceback
             if attempt < _SCHEMA_TRIES and _is_schema_race(exc):
@@ -396,6 +398,35 @@ class _RetryingRDBStorage(RDBStorage):
 
         return self._outage.call("set_trial_state_values", attempt)
 
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        # Optuna's fail_stale_trials fails these next, and a finished trial takes no more
+        # attrs: say why now, while it still is RUNNING.
+        stale = self._outage.call("_get_stale_trial_ids", RDBStorage._get_stale_trial_ids, self, study_id)
+        for trial_id in stale:
+            worker = self.get_trial(trial_id).user_attrs.get(WORKER_KEY) or {}
+            reason = (f"{HEARTBEAT_LOST}: none for over {self.grace_period} s from its worker "
+                      f"(host {worker.get('host', '?')}, pid {worker.get('pid', '?')})")
+            try:
+                self.set_trial_user_attr(trial_id, FAIL_REASON_KEY, reason)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                pass  # it finished meanwhile: not stale after all
+        return stale
+
+    def heartbeat_ages(self, study_id: int) -> dict[int, float]:
+        """Seconds since each RUNNING trial's last heartbeat, by trial number, measured
+        on the server's clock as Optuna's own stale check does."""
+        from optuna.storages._rdb import models  # where Optuna keeps its heartbeats
+        from optuna.storages._rdb.storage import _create_scoped_session
+
+        with _create_scoped_session(self.scoped_session) as session:
+            now = session.execute(sqlalchemy.func.now()).scalar().replace(tzinfo=None)
+            rows = (session.query(models.TrialModel.number, models.TrialHeartbeatModel.heartbeat)
+                    .join(models.TrialHeartbeatModel,
+                          models.TrialHeartbeatModel.trial_id == models.TrialModel.trial_id)
+                    .filter(models.TrialModel.study_id == study_id)
+                    .filter(models.TrialModel.state == optuna.trial.TrialState.RUNNING).all())
+        return {number: (now - beat.replace(tzinfo=None)).total_seconds() for number, beat in rows}
+
     def record_heartbeat(self, trial_id: int) -> None:
         # Runs in Optuna's heartbeat thread, which has nobody to tell: the worker's own
         # next call reports a lost storage.
@@ -435,7 +466,6 @@ RETRIED_METHODS: dict[str, tuple[str, ...]] = {
     "get_all_trials": ("study_id", "deepcopy", "states"),
     "get_n_trials": ("study_id", "state"),
     "get_best_trial": ("study_id",),
-    "_get_stale_trial_ids": ("study_id",),
     # What Optuna's _CachedStorage calls on the RDBStorage it wraps:
     "_create_new_trial": ("study_id", "template_trial"),
     "_set_trial_param": ("trial_id", "param_name", "param_value_internal", "distribution", "previous_distribution"),
@@ -446,9 +476,35 @@ RETRIED_METHODS: dict[str, tuple[str, ...]] = {
 OVERRIDDEN_METHODS: dict[str, tuple[str, ...]] = {
     "set_trial_state_values": ("trial_id", "state", "values"),
     "record_heartbeat": ("trial_id",),
+    "_get_stale_trial_ids": ("study_id",),
 }
 for _name in RETRIED_METHODS:
     setattr(_RetryingRDBStorage, _name, _retried(_name))
+
+
+class _RetryStaleTrial(optuna.storages.RetryHeartbeatStaleTrialCallback):
+    """Optuna's retry of a heartbeat-failed trial, without copying its ``fail_reason``
+    into the retry (which has not failed)."""
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        trial.user_attrs = {k: v for k, v in trial.user_attrs.items() if k != FAIL_REASON_KEY}
+        super().__call__(study, trial)
+
+
+def lost_heartbeats(study: optuna.Study) -> dict[int, float]:
+    """The RUNNING trials whose worker missed its heartbeat (silent longer than the interval
+    and a little more): trial number -> seconds left before Optuna's grace period runs out
+    and the next check fails it. Empty on storages without a heartbeat."""
+    storage = getattr(storage_of(study), "_backend", storage_of(study))  # Optuna's cache wraps it
+    if not isinstance(storage, _RetryingRDBStorage) or not storage.heartbeat_interval:
+        return {}
+    grace = storage.grace_period or 2 * storage.heartbeat_interval
+    silent_after = storage.heartbeat_interval + min(5.0, storage.heartbeat_interval / 2)
+    try:
+        ages = storage.heartbeat_ages(study._study_id)
+    except Exception:  # a courtesy for a progress line: never its failure
+        return {}
+    return {n: max(0.0, grace - age) for n, age in ages.items() if age > silent_after}
 
 
 def outage_of(storage: BaseStorage) -> _Outage | None:

@@ -70,15 +70,16 @@ class ObjectiveStrategy:
         return Objective(*args, **kwargs)
 
     def open_study(self, name: str, storage, *, identity: dict[str, Any], sampler=None, pruner=None,
-                   force: bool = False, distributions=None) -> optuna.Study:
-        """Create or resume study `name`; a multi-objective study of that name is refused."""
+                   force: bool = False, distributions=None, record: bool = True) -> optuna.Study:
+        """Create or resume study `name`; a multi-objective study of that name is refused.
+        `record=False`: a joining worker, which leaves the study's identity as it is."""
         existing = load_if_exists(storage, name)
         if existing is not None and len(existing.directions) > 1:
             stored = _stored_objectives(existing)
             raise ConfigError(f"study {name!r} is multi-objective ({stored}); resume it with objectives: {stored}, "
                               "or use a new study name for a single-objective search")
         return open_study(name, storage, identity=identity, sampler=sampler, pruner=pruner, force=force,
-                          distributions=distributions)
+                          distributions=distributions, record=record)
 
     def summary_extra(self, study: optuna.Study, settings: StudySettings) -> dict[str, Any]:
         return {}
@@ -149,7 +150,7 @@ class ParetoFront(ObjectiveStrategy):
         return MultiObjective(*args, objectives=self.objectives, **kwargs)
 
     def open_study(self, name: str, storage, *, identity: dict[str, Any], sampler=None, pruner=None,
-                   force: bool = False, distributions=None) -> optuna.Study:
+                   force: bool = False, distributions=None, record: bool = True) -> optuna.Study:
         """Create or resume multi-objective study `name`; refuse one made for other objectives,
         and (as identity.open_study does for any study) a resume for another setup unless `force`."""
         existing = load_if_exists(storage, name)
@@ -160,7 +161,8 @@ class ParetoFront(ObjectiveStrategy):
                     f"study {name!r} optimizes {stored} and cannot be resumed with objectives {list(self.objectives)}: "
                     "Optuna cannot change a study's objectives; use a new study name")
         return open_study(name, storage, directions=self.directions, sampler=sampler, force=force,
-                          identity={**identity, "objectives": list(self.objectives)}, distributions=distributions)
+                          identity={**identity, "objectives": list(self.objectives)}, distributions=distributions,
+                          record=record)
 
     def summary_extra(self, study: optuna.Study, settings: StudySettings) -> dict[str, Any]:
         """The objectives, the front, and what was left out."""

@@ -42,9 +42,15 @@ from tunewise.records import (
 )
 from tunewise.search.samplers import describe_sampler, make_sampler
 from tunewise.study.budget import StudyClock, finished_trials
-from tunewise.study.runner import INTERRUPTED, RunResult, study_result
+from tunewise.study.runner import INTERRUPTED, RunResult, nothing_to_do, study_result
 from tunewise.study.settings import StudySettings
-from tunewise.study.storage import ENV_VAR, JOURNAL_NAME, StorageLost, expand_env
+from tunewise.study.storage import (
+    ENV_VAR,
+    JOURNAL_NAME,
+    StorageLost,
+    expand_env,
+    lost_heartbeats,
+)
 
 THREAD_ENV_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 STOP_GRACE_S = 30.0  # after Ctrl-C, how long workers get to leave the study consistent
@@ -149,13 +155,15 @@ def run_worker_processes(
     progress: Callable[[optuna.Study], None] | None = None,
     poll_s: float = 1.0,
     stop_grace_s: float = STOP_GRACE_S,
+    overrides: dict[str, Any] | None = None,
 ) -> tuple[RunResult, list[dict[str, Any]]]:
     """Start one ``python -m module`` process per plan on ``study`` (already prepared), wait
     for them and return (the study-wide RunResult, one description per worker).
 
     ``progress(study)`` is called every ``poll_s`` seconds while they run. Ctrl-C sends each
     worker one SIGINT (its trial is failed and queued again), waits up to ``stop_grace_s``
-    and returns a result with ``interrupted`` true.
+    and returns a result with ``interrupted`` true. ``overrides``: parameters each worker
+    takes over the study's recorded ones (this machine's settings).
     """
     clock = StudyClock(study)
     workers: list[_Worker] = []
@@ -164,7 +172,7 @@ def run_worker_processes(
         log_dir.mkdir(parents=True, exist_ok=True)
         try:
             for plan in plans:
-                workers.append(_spawn(settings, study.study_name, plan, log_dir, module))
+                workers.append(_spawn(settings, study.study_name, plan, log_dir, module, overrides))
             _watch(workers, study, progress, poll_s)
         except KeyboardInterrupt:
             interrupted = True
@@ -178,17 +186,20 @@ def run_worker_processes(
         finally:
             _kill_all(workers)  # whatever did not stop in time
     described = [_describe(w, study) for w in workers]
+    if not workers:  # the budget was spent already: nothing ran, nothing is rewritten
+        return nothing_to_do(study, settings.n_trials, settings.timeout, clock.run_wall_s()), described
     result = _study_result(study, workers, clock, settings.n_trials, interrupted,
                            ran=sum(d["trials_run"] for d in described))
     return result, described
 
 
-def _spawn(settings: StudySettings, study_name: str, plan: WorkerPlan, log_dir: Path, module: str) -> _Worker:
+def _spawn(settings: StudySettings, study_name: str, plan: WorkerPlan, log_dir: Path, module: str,
+           extra: dict[str, Any] | None = None) -> _Worker:
     log = log_dir / f"worker-{plan.index}.log"
     result = log_dir / f"worker-{plan.index}.json"
     result.unlink(missing_ok=True)
     run_dir = str(Path(settings.run_dir).resolve())
-    overrides = {"run_dir": run_dir, "workers": 1}
+    overrides = {**(extra or {}), "run_dir": run_dir, "workers": 1}
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     # The storage travels in the environment, not on the command line others can read.
     # Expanded here: the notebook's storage may be the reference ${TUNEWISE_STORAGE} itself.
@@ -296,6 +307,7 @@ def _describe(w: _Worker, study: optuna.Study) -> dict[str, Any]:
         "index": w.plan.index,
         "gpu": w.plan.gpu,
         "threads": w.plan.threads,
+        "host": socket.gethostname(),
         "pid": w.pid,
         "exit_code": code,
         "trials_run": ran,
@@ -303,6 +315,30 @@ def _describe(w: _Worker, study: optuna.Study) -> dict[str, Any]:
         "log": str(w.log),
         "error": None if code in (0, 130) else _tail(w.log),
     }
+
+
+def trial_workers(study: optuna.Study) -> list[dict[str, Any]]:
+    """Every worker that ran a trial of ``study``, on any machine, read from the storage
+    (each trial's ``tunewise.worker``): host, pid and trials run, in order of first trial."""
+    seen: dict[tuple, dict[str, Any]] = {}
+    for t in study.get_trials(deepcopy=False):
+        w = t.user_attrs.get(WORKER_KEY)
+        if not isinstance(w, dict) or w.get("trial") != t.number:
+            continue  # never claimed, or a record copied into a retried trial
+        key = (w.get("host"), w.get("pidns"), w.get("pid"), w.get("started"))
+        entry = seen.setdefault(key, {"host": w.get("host"), "pid": w.get("pid"), "trials_run": 0})
+        entry["trials_run"] += 1
+    return list(seen.values())
+
+
+def other_workers(study: optuna.Study, described: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The ``trial_workers`` that are not among ``described`` (the worker processes this
+    command started): workers that joined from elsewhere, or ran an earlier run. Shaped as
+    ``described``'s entries, with what only their own machine knows left None."""
+    mine = {(d.get("host", socket.gethostname()), d["pid"]) for d in described}
+    return [{"index": None, "gpu": None, "threads": None, "host": w["host"], "pid": w["pid"], "exit_code": None,
+             "trials_run": w["trials_run"], "stop_reason": None, "log": None, "error": None}
+            for w in trial_workers(study) if (w["host"], w["pid"]) not in mine]
 
 
 # Which worker's reason speaks for the study when the budget was not met.
@@ -325,7 +361,7 @@ def _study_result(study: optuna.Study, workers: list[_Worker], clock: StudyClock
         reason, details = recorded, recorded_details  # a stop rule
     elif finished >= n_trials:
         reason, details = "budget", {"finished_trials": finished, "n_trials": n_trials,
-                                     "message": f"{counts} by {max(1, len(workers))} worker(s)."}
+                                     "message": f"{counts} by {max(1, len(trial_workers(study)))} worker(s)."}
     else:
         reasons = [r["stop_reason"] for r in results if r.get("stop_reason") in _REASON_ORDER]
         if reasons:
@@ -353,6 +389,7 @@ class ProgressPrinter:
         self._stream = stream
         self._prefix = prefix
         self._last = ""
+        self._lost: dict[int, float] = {}  # trial number -> seconds left when first seen silent
 
     def __call__(self, study: optuna.Study) -> None:
         trials = study.get_trials(deepcopy=False)
@@ -361,10 +398,22 @@ class ProgressPrinter:
         best = "" if top is None else f"; best {top.values[0]:.4f} (trial {top.number})"
         line = (f"{self._prefix}[{count[TrialState.COMPLETE] + count[TrialState.PRUNED]}/{self._n_trials} finished] "
                 f"{count[TrialState.COMPLETE]} complete, {count[TrialState.PRUNED]} pruned, "
-                f"{count[TrialState.FAIL]} failed, {count[TrialState.RUNNING]} running{best}")
+                f"{count[TrialState.FAIL]} failed, {count[TrialState.RUNNING]} running"
+                f"{self._heartbeat_note(study) if count[TrialState.RUNNING] else ''}{best}")
         if line != self._last:
             self._last = line
             print(line, file=self._stream or sys.stdout, flush=True)
+
+    def _heartbeat_note(self, study: optuna.Study) -> str:
+        """Why a trial still counts as running though its worker is gone: `` (1 waiting up
+        to 115 s for a lost worker's heartbeat)``; the figure as first seen, so the line is
+        printed once, not at every tick of a countdown."""
+        lost = lost_heartbeats(study)
+        self._lost = {n: self._lost.get(n, left) for n, left in lost.items()}
+        if not lost:
+            return ""
+        return (f" ({len(lost)} waiting up to {max(self._lost.values()):.0f} s for a lost worker's "
+                f"heartbeat{'s' if len(lost) > 1 else ''})")
 
 
 # --- one worker: joining a study -----------------------------------------------------------
