@@ -295,3 +295,26 @@ def test_a_searched_warmup_starts_from_the_budget_scaled_default():
 
     space = SearchSpace.from_dict({"warmup_epochs": {"type": "float", "low": 0.0, "high": 2.0}})
     assert baseline_params(space, {"epochs": 20}) == {"warmup_epochs": pytest.approx(1.0)}  # 5% of 20 epochs
+
+
+def test_a_baseline_outside_the_space_says_what_it_ran_instead(tmp_path, capsys):
+    from tunewise import notebook as tw
+    from tunewise import params as P
+    from tunewise.phases.tuning import baseline_moved, tune
+    from tunewise.records import BASELINE_MOVED_KEY, baseline_trial
+    from tunewise.search.space import SearchSpace
+
+    space = SearchSpace.from_dict({"lr": {"type": "float", "low": 3e-3, "high": 1e-2, "log": True},
+                                   "optimizer": {"type": "categorical", "choices": ["sgd"]}})
+    assert baseline_moved(space, {}) == {"lr": [1e-3, 3e-3], "optimizer": ["adamw", None]}
+    inside = SearchSpace.from_dict({"lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}})
+    assert baseline_moved(inside, {}) == {}
+
+    p = P.resolve(overrides={"run_dir": str(tmp_path / "run"), "n_trials": 1, "epochs": 1, "batch_size": 64,
+                             "pruner": "none", "search_space": {"lr": {"type": "float", "low": 3e-3, "high": 1e-2}}})
+    summary = tune(p)
+    assert "the baseline trial uses lr 0.001 -> 0.003" in capsys.readouterr().out
+    assert summary["baseline_moved"] == {"lr": [0.001, 0.003]}
+    study = tw.load_study(p, summary["study_name"])
+    assert baseline_trial(study).user_attrs[BASELINE_MOVED_KEY] == {"lr": [0.001, 0.003]}
+    assert "the defaults moved into the space: lr 0.001 -&gt; 0.003" in tw.show_result(summary).data

@@ -274,7 +274,9 @@ def show_result(summary: dict[str, Any]) -> HTML:
     gain, rel = summary["gain"], summary["relative_gain"]
     rows = [
         {"": "best macro-F1", "value": _score(summary["best_value"])},
-        {"": "baseline (default settings)", "value": _score(summary["baseline_value"])},
+        {"": "baseline (default settings)" if not summary.get("baseline_moved") else
+             f"baseline (the defaults moved into the space: {tuning.describe_moved(summary['baseline_moved'])})",
+         "value": _score(summary["baseline_value"])},
         {"": "gain over the baseline" if not summary.get("source_study") else
              f"gain over {summary['source_study']}'s baseline (its best trials were re-run here first: "
              f"compare with {summary['source_study']}'s best for what this phase added)",

@@ -45,6 +45,9 @@ TEST_SPLIT_FIELD = "test_split"  # the field of tunewise.identity holding the te
 
 # --- trial user attributes ------------------------------------------------------------------
 BASELINE_KEY = "tunewise.baseline"  # True on the trial that runs the default settings
+# On the baseline trial, {param: [default, value used]} for defaults outside the search space
+# (numbers clipped to its edge; a categorical default not among the choices: null, sampled).
+BASELINE_MOVED_KEY = "tunewise.baseline_moved"
 WORKER_KEY = "tunewise.worker"  # who runs it: host, pid namespace, pid, process start, trial
 RETRY_OF_KEY = "tunewise.retry_of"  # the trial this one re-runs after its worker died
 RETRIES_KEY = "tunewise.retries"  # how many times these parameters were retried

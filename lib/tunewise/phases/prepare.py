@@ -25,7 +25,7 @@ from tunewise import units
 from tunewise.atomic import write_json_atomic, write_summary_files
 from tunewise.data.cache import ImageData, announce, describe, load_images
 from tunewise.data.splits import HeldOut, held_out
-from tunewise.records import BASELINE_KEY, SPACE_KEY, baseline_trial, baseline_value
+from tunewise.records import BASELINE_KEY, BASELINE_MOVED_KEY, SPACE_KEY, baseline_trial, baseline_value
 from tunewise.search.samplers import describe_pruner, describe_sampler, make_pruner, make_sampler
 from tunewise.search.space import SearchSpace
 from tunewise.study.warmstart import warm_start_from
@@ -184,10 +184,27 @@ def baseline_warning(study: optuna.Study) -> str | None:
 
 def baseline_params(space: SearchSpace, fixed: dict[str, Any]) -> dict[str, Any]:
     """The default settings (tunewise's, under the user's fixed ones) as a point of the space."""
+    return space.clip(_searched_defaults(space, fixed))
+
+
+def baseline_moved(space: SearchSpace, fixed: dict[str, Any]) -> dict[str, list]:
+    """{param: [default, value the baseline uses]} for every searched default that lies outside
+    the space: the baseline is then not the defaults, and the gain is not a gain over them."""
+    defaults = _searched_defaults(space, fixed)
+    used = space.clip(defaults)
+    return {k: [v, used.get(k)] for k, v in defaults.items() if used.get(k) != v}
+
+
+def _searched_defaults(space: SearchSpace, fixed: dict[str, Any]) -> dict[str, Any]:
     defaults = {**TrainConfig().to_dict(), **fixed}
     if defaults["warmup_epochs"] is None:  # the budget-scaled default, as epochs a searched warmup can take
         defaults["warmup_epochs"] = WARMUP_SHARE * defaults["epochs"]
-    return space.clip({k: defaults[k] for k in space.distributions if k in defaults})
+    return {k: defaults[k] for k in space.distributions if k in defaults}
+
+
+def describe_moved(moved: dict[str, list]) -> str:
+    """'lr 0.001 -> 0.003 (clipped into the space)' for the run's output and summary."""
+    return "; ".join(f"{k} {old} -> {'sampled' if new is None else new}" for k, (old, new) in moved.items())
 
 
 def run_here(
@@ -249,7 +266,13 @@ def start_new_study(prep: Prepared) -> None:
     if study.trials:
         return
     if p.study.baseline:
-        study.enqueue_trial(baseline_params(prep.space, p.train_settings()), user_attrs={BASELINE_KEY: True})
+        fixed = p.train_settings()
+        moved = baseline_moved(prep.space, fixed)
+        attrs = {BASELINE_KEY: True, **({BASELINE_MOVED_KEY: moved} if moved else {})}
+        study.enqueue_trial(baseline_params(prep.space, fixed), user_attrs=attrs)
+        if moved:
+            print(f"note: the search space leaves out defaults, so the baseline trial uses "
+                  f"{describe_moved(moved)}; its gain is over that point, not over the defaults")
     if p.phase.warm_start_from:
         warm_start_from(study, prep.space, p.phase.warm_start_from, p.phase.warm_start_n)
 
@@ -272,6 +295,8 @@ def summarize(prep: Prepared, result: RunResult, baseline: float | None = None) 
         "best_params": result.best_params,
         "baseline_value": base,
         "baseline_check": baseline_warning(study),
+        # Defaults outside the space: the baseline trial ran these instead (None: it ran the defaults).
+        "baseline_moved": _moved_on(study),
         "gain": gain,
         "relative_gain": None if gain is None or not base else gain / base,
         "trials": states,
@@ -293,6 +318,11 @@ def summarize(prep: Prepared, result: RunResult, baseline: float | None = None) 
         # machine too); listed when there were several.
         **({"workers": other_workers(study, [])} if len(trial_workers(study)) > 1 else {}),
     }
+
+
+def _moved_on(study: optuna.Study) -> dict[str, list] | None:
+    base = baseline_trial(study)
+    return base.user_attrs.get(BASELINE_MOVED_KEY) if base is not None else None
 
 
 def headline(best: float | None, base: float | None, n_finished: int, elapsed_s: float) -> str:
