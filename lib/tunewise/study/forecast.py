@@ -52,6 +52,22 @@ def forecast_gain(values: Sequence[float], remaining: float, threshold: float, *
                   simulations: int = SIMULATIONS) -> Forecast | None:
     """The forecast from `values` (completed trials in order, larger is better) for
     `remaining` more trials; None with fewer than 5 values (no tail to speak of)."""
+    drawn = simulate_gain(values, remaining, window=window, window_share=window_share, tail_share=tail_share,
+                          trend_weight=trend_weight, simulations=simulations)
+    if drawn is None:
+        return None
+    gain, best, drift, scale = drawn
+    return Forecast(
+        n_values=len(values), remaining=max(0.0, float(remaining)), best=best, expected_gain=float(gain.mean()),
+        low=float(np.quantile(gain, 0.1)), high=float(np.quantile(gain, 0.9)), threshold=float(threshold),
+        chance=float(np.mean(gain > threshold)), drift=drift, tail_scale=scale,
+    )
+
+
+def simulate_gain(values: Sequence[float], remaining: float, *, window: int = 20, window_share: float = 0.5,
+                  tail_share: float = 0.25, trend_weight: float = 0.25, bounded: bool = False,
+                  simulations: int = SIMULATIONS) -> tuple[np.ndarray, float, float, float] | None:
+    """(simulated gains, today's best, drift, tail scale), or None with fewer than 5 values."""
     y = np.asarray(values, dtype=float)
     n = len(y)
     if n < 5:
@@ -66,21 +82,26 @@ def forecast_gain(values: Sequence[float], remaining: float, threshold: float, *
         recent = recent + drift * (size - 1 - index)  # as if drawn today
     top = np.sort(recent)[::-1]
     k = min(size, max(3, round(tail_share * size)))
-    threshold_value = top[k - 1]
-    scale = max(float(np.mean(top[:k - 1] - threshold_value)), 1e-9)
+    tail_start = top[k - 1]
+    scale = max(float(np.mean(top[:k - 1] - tail_start)), 1e-9)
     remaining = max(0.0, float(remaining))
     if remaining <= 0:
-        return Forecast(n, 0.0, best, 0.0, 0.0, 0.0, threshold, 0.0, drift, scale)
+        return np.zeros(simulations), best, drift, scale
     rng = np.random.default_rng([n, 15])
     scales = scale * (k - 1) / rng.gamma(k - 1, 1.0, simulations)
     trials = rng.binomial(int(math.ceil(remaining)), k / size, simulations)
     u = rng.random(simulations)
-    # The largest of m exponential excesses: its CDF is (1 - exp(-x / s)) ** m.
-    largest = np.where(trials > 0, -scales * np.log1p(-u ** (1.0 / np.maximum(trials, 1))), -np.inf)
+    q = u ** (1.0 / np.maximum(trials, 1))  # the largest of m excesses sits at this quantile
+    excess = top[:k - 1] - tail_start
+    xi = 0.0
+    if bounded and len(excess) >= 2 and np.var(excess) > 0:
+        # Generalized Pareto by moments, never heavier than exponential: a score is bounded.
+        ratio = float(np.mean(excess) ** 2 / np.var(excess))
+        xi = min(0.0, max(-1.0, 0.5 * (1 - ratio)))
+    if xi < 0:
+        sig = scales * 0.5 * (ratio + 1)
+        largest = np.where(trials > 0, sig / xi * ((1 - q) ** (-xi) - 1), -np.inf)
+    else:
+        largest = np.where(trials > 0, -scales * np.log1p(-q), -np.inf)
     shift = drift * remaining * trend_weight
-    gain = np.maximum(0.0, threshold_value + shift + largest - best)
-    return Forecast(
-        n_values=n, remaining=remaining, best=best, expected_gain=float(gain.mean()),
-        low=float(np.quantile(gain, 0.1)), high=float(np.quantile(gain, 0.9)), threshold=float(threshold),
-        chance=float(np.mean(gain > threshold)), drift=drift, tail_scale=scale,
-    )
+    return np.maximum(0.0, tail_start + shift + largest - best), best, drift, scale
