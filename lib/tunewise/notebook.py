@@ -35,7 +35,8 @@ from tunewise.search.narrow import Narrowed, best_complete, narrow_space, warm_s
 from tunewise.search.space import SearchSpace
 from tunewise.study import pareto
 from tunewise.study.budget import finished_trials
-from tunewise.study.stoprules import ExpectedGain, Verdict, build_stop_rules, should_continue_optimization
+from tunewise.study.stoprules import (ExpectedGain, Verdict, build_stop_rules, percent_below,
+                                      should_continue_optimization, trials_text)
 from tunewise.study.storage import load_if_exists, open_storage
 from tunewise.study.strategy import strategy_of
 from tunewise.report.tables import html_table, phase_table_html
@@ -285,9 +286,9 @@ def forecast_text(study: optuna.Study, rule: ExpectedGain, stops_on_it: bool) ->
     threshold, source = rule.threshold(study)
     counts = "the noise floor's share" if source == "noise_floor" else "min_gain"
     spend = f" (~{units.duration(left['trials'] * left['seconds_per_trial'])})" if left["seconds_per_trial"] else ""
-    text = (f"<b>The {left['trials']} trials left{spend}</b> are expected to gain <b>+{f.expected_gain:.4f}</b> "
-            f"(80% range +{f.low:.4f} to +{f.high:.4f}); chance of more than {threshold:.4g} ({counts}): "
-            f"<b>{f.chance:.0%}</b>.")
+    text = (f"<b>The {trials_text(left['trials'])} left{spend}</b> are expected to gain "
+            f"<b>+{f.expected_gain:.4f}</b> (80% range +{f.low:.4f} to +{f.high:.4f}); chance of more than "
+            f"{threshold:.4g} ({counts}): <b>{percent_below(f.chance)}</b>.")
     if not stops_on_it:
         return text + " <i>(expected_gain is not a stop rule of this phase.)</i>"
     if complete < rule.warmup_trials:

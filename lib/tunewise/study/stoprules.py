@@ -48,7 +48,8 @@ from tunewise.records import (
 __all__ = [
     "STOP_REASON_KEY", "STOP_DETAILS_KEY", "NOISE_FLOOR_KEY", "StopRule", "Plateau", "NoiseFloor",
     "Target", "Budget", "ROI", "FailureGuard", "ExpectedGain", "RULES", "DEFAULT_STOP_RULES", "build_stop_rules",
-    "noise_floor", "budget_left", "replay", "stop_summary", "clear_stop_record", "Verdict", "should_continue_optimization",
+    "noise_floor", "budget_left", "replay", "trials_text", "percent_below", "stop_summary",
+    "clear_stop_record", "Verdict", "should_continue_optimization",
 ]
 
 
@@ -433,10 +434,19 @@ class ExpectedGain(StopRule):
             "seconds_per_trial": left["seconds_per_trial"], "budget_source": left["source"],
             "min_gain": self.min_gain, "noise_floor": noise_floor(study), "noise_multiple": self.noise_multiple,
             "threshold_source": source, "max_chance": self.max_chance, "warmup_trials": self.warmup_trials,
-            "message": (f"The {left['trials']} trials left in the budget{spend} are expected to gain "
+            "message": (f"The {trials_text(left['trials'])} left in the budget{spend} are expected to gain "
                         f"+{f.expected_gain:.4f} (80% range +{f.low:.4f} to +{f.high:.4f}); the chance of more than "
-                        f"{used} {threshold:.4g} is {f.chance:.0%}, below {self.max_chance:.0%}."),
+                        f"{used} {threshold:.4g} is {percent_below(f.chance)}, below {self.max_chance:.0%}."),
         }
+
+
+def trials_text(n: int) -> str:
+    return f"{n} trial" if n == 1 else f"{n} trials"
+
+
+def percent_below(share: float) -> str:
+    """A share as a whole percent, rounded down: 19.98% shows as 19%, never as the 20% it is below."""
+    return f"{math.floor(share * 100)}%"
 
 
 def budget_left(study: optuna.Study, max_trials: int | None = None) -> dict[str, Any]:
