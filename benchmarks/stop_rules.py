@@ -64,6 +64,7 @@ TPE_SEEDS = 4  # TPE runs per test function
 TPE_NOISE = 0.005  # std of the evaluation noise added to the test functions' scores
 T0 = dt.datetime(2024, 1, 1)
 REAL = Path(__file__).resolve().parent / "data" / "real_studies.json.gz"
+DEFAULT = "expected_gain: chance < 50% of > max(0.005, 0.25 x noise), warm-up 15"
 ORACLE = "oracle: first trial within 0.005 of the final best (knows the future)"
 
 
@@ -237,12 +238,12 @@ RULES: dict[str, tuple[Callable[[], object], bool, tuple[str, ...]]] = {
     "roi 0.03/h (10, warm-up 10)": (lambda: ROI(0.03, 10, 10), False, BOTH),
     "budget 20 trials (seed's quick phase, for reference)": (lambda: Budget(max_trials=20), False, BOTH),
     "optuna Terminator, stagnation 30": (stagnation_terminator, False, BOTH),
-    "expected_gain (default: chance < 20% of > max(0.004, 0.5 x noise))":
-        (lambda: ExpectedGain(), True, BOTH),
-    "expected_gain, chance < 10%": (lambda: ExpectedGain(max_chance=0.1), True, BOTH),
+    DEFAULT: (lambda: ExpectedGain(), True, BOTH),
     "expected_gain, chance < 30%": (lambda: ExpectedGain(max_chance=0.3), True, BOTH),
-    "expected_gain, min_gain 0.002, 0.25 x noise": (lambda: ExpectedGain(0.002, 0.25), True, BOTH),
-    "expected_gain, min_gain 0.008, 1 x noise": (lambda: ExpectedGain(0.008, 1.0), True, BOTH),
+    "expected_gain, chance < 50% of > 0.003, warm-up 30 (less given up)":
+        (lambda: ExpectedGain(0.003, 0.0, 0.5, 30), True, BOTH),
+    "expected_gain, chance < 50% of > max(0.008, 0.5 x noise) (more saved)":
+        (lambda: ExpectedGain(0.008, 0.5, 0.5), True, BOTH),
     "expected_gain, no trend": (lambda: ExpectedGain(trend_weight=0.0), True, BOTH),
     "budget 60 trials": (lambda: Budget(max_trials=60), False, BOTH),
     "budget 80 trials": (lambda: Budget(max_trials=80), False, BOTH),
@@ -341,7 +342,7 @@ def main() -> None:
         results = pool.map(evaluate, jobs, chunksize=1)
     for family in FAMILIES:
         if family in args.families:
-            print(table(results, family), end="\n\n")
+            print(table(results, family, DEFAULT), end="\n\n")
     command = " ".join(["benchmarks/stop_rules.py", *sys.argv[1:]])
     print(f"Command: `.venv/bin/python {command}` (seed {SEED}); "
           f"machine: {platform.processor() or platform.machine()}, nproc={os.cpu_count()}, "
