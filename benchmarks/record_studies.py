@@ -7,19 +7,24 @@ seeds, no pruner or the median pruner, the baseline (default settings) as trial 
 stop rule but the trial cap, so all 100 trials run. After the study, the seed-to-seed noise
 is measured the way the validation phase does (`notebook.run_validation`: the baseline and
 the best trial retrained on 3 fresh seeds, pooled std), which is what a validation phase
-records as the noise floor (`validate.save_noise`).
+records as the noise floor (`validate.save_noise`). The export keeps each configuration's
+scores too: benchmarks/stop_rules.py takes the best configuration's std as the noise floor,
+since after one epoch the baseline's own spread is far larger (the pooled std of the digits
+studies at one epoch is 0.11, the best's 0.01).
 
 Trials are made fast (300-1,800 images, 16-32 px, 1-8 epochs: about 0.4-2 s each on one
-core), so the whole set takes about 30-45 minutes on one core. The export is
+core); the 14 studies took 2,271 s (38 min) on one core of a busy 2-core machine. The export is
 compact (gzip'ed JSON, one entry per study: its settings, the noise, and each trial's
 number, state, value, duration, intermediate values and params), not journal files:
 
     benchmarks/data/real_studies.json.gz
 
-To re-record (one core; about 40 minutes; the journals go to a temporary folder):
+To re-record (one core, about 40 minutes; the journals go to a temporary folder, the
+export replaces benchmarks/data/real_studies.json.gz, 81 KB):
 
     OMP_NUM_THREADS=1 PYTHONPATH=lib .venv/bin/python benchmarks/record_studies.py
-    # or a subset, by name:  ... benchmarks/record_studies.py --only digits16-resnet-e1-tpe0
+    # or again some of them, by name (the others are kept):
+    #   ... benchmarks/record_studies.py --only digits16-resnet-e1-tpe0
 
 Each finished study is written to the export at once (the file always holds every study
 recorded so far), so an interrupted run keeps what it made; `--keep` leaves studies already
@@ -46,6 +51,7 @@ import torch  # noqa: E402
 from tunewise import params as P  # noqa: E402
 from tunewise.notebook import run_validation  # noqa: E402
 from tunewise.phases.tuning import prepare, tune  # noqa: E402
+from tunewise.phases.validate import noise_std  # noqa: E402
 from tunewise.records import BASELINE_KEY  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "data" / "real_studies.json.gz"
@@ -124,7 +130,6 @@ def record(name: str, settings: dict[str, Any], root: Path) -> dict[str, Any]:
     study = prep.study
     configs = {"baseline": {}, "best": dict(study.best_params)}
     validation = run_validation(p, configs, source=study)
-    from tunewise.phases.validate import noise_std
     noise = noise_std(validation)
     print(f"{name}: best {summary['best_value']:.4f} (baseline {summary['baseline_value']:.4f}), noise "
           f"{noise:.4f}, {tuning_s:.0f} s tuning + {validation.wall_s:.0f} s noise", flush=True)
@@ -159,8 +164,11 @@ def main() -> None:
     torch.set_num_threads(1)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     names = args.only or list(STUDIES)
-    data = load() if args.keep else {"studies": [], "meta": {}}
-    done = {s["name"] for s in data["studies"]}
+    unknown = [name for name in names if name not in STUDIES]
+    if unknown:
+        parser.error(f"unknown studies {', '.join(unknown)}; known: {', '.join(STUDIES)}")
+    data = load() if args.keep or args.only else {"studies": [], "meta": {}}
+    done = {s["name"] for s in data["studies"]} if args.keep else set()
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="tunewise-record-") as tmp:
         for name in names:
