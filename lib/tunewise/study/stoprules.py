@@ -365,7 +365,7 @@ class FailureGuard(StopRule):
 class ExpectedGain(StopRule):
     """Stop when the trials still in the budget are unlikely to buy a measurable gain.
 
-    After `warmup_trials` completed trials, `study.forecast` simulates the best value's gain
+    After `warmup_trials` completed trials, `tunewise.study.forecast` simulates the best value's gain
     over the remaining trials (from the recent trials' values, their upper tail and how fast
     they have been rising). The rule fires when the chance that this gain exceeds the
     threshold, the larger of `min_gain` and `noise_multiple` x the recorded seed-to-seed
@@ -434,6 +434,7 @@ class ExpectedGain(StopRule):
         return {
             **f.to_dict(), "best": s * f.best, "remaining_trials": left["trials"],
             "seconds_per_trial": left["seconds_per_trial"], "budget_source": left["source"],
+            "expected_gain_per_hour": f.expected_gain / hours if hours else None,
             "min_gain": self.min_gain, "noise_floor": noise_floor(study), "noise_multiple": self.noise_multiple,
             "threshold_source": source, "max_chance": self.max_chance, "warmup_trials": self.warmup_trials,
             "message": (f"The {trials_text(left['trials'])} left in the budget{spend} are expected to gain "
