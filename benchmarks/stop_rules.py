@@ -1,6 +1,12 @@
 """How many trials do the stop rules save, and how much best value do they give up?
 
-Two families of 100-trial optimization curves (maximize, on a macro-F1-like scale):
+Three families of 100-trial optimization curves (maximize, on a macro-F1-like scale):
+- real: the real tunewise studies recorded by `benchmarks/record_studies.py`
+  (benchmarks/data/real_studies.json.gz: tiny timm models on digits and synthetic sets,
+  TPE and random sampling, some with the median pruner), each trial with its recorded
+  value, state and duration. Their noise floor is the seed-to-seed std of the best
+  configuration, measured on 3 fresh seeds after the study (the validation phase pools it
+  with the baseline's, which after one epoch of training is far noisier).
 - synthetic: 200 seeded curves. Each trial's score is what the tuner can attain by then
   (rises from the default settings' score, then flattens), minus how far that trial
   misses it, plus seed-to-seed noise. Baseline, attainable gain, speed, spread and noise
@@ -9,7 +15,8 @@ Two families of 100-trial optimization curves (maximize, on a macro-F1-like scal
   Rosenbrock, Ackley, Styblinski-Tang), each mapped to a score (a random point's median
   -> 0.80, the optimum -> 0.97) plus N(0, 0.005) evaluation noise.
 
-Every trial gets a duration (lognormal, median 2 min) so ROI has hours to divide by.
+Synthetic and tpe trials get a duration (lognormal, median 2 min) so ROI has hours to
+divide by; real trials keep their recorded durations.
 Each rule replays each curve trial by trial through `rule.check` (what the callback runs
 before recording and `study.stop()`, which only works inside `optimize`), and stops at
 the first trial it fires on. For every rule: how many curves it stopped early, the mean
@@ -22,26 +29,35 @@ curves), and with its GP evaluators (RegretBound and EMMR, paired with
 MedianErrorEvaluator since these curves have no cross-validation scores), which cost
 seconds per curve and need real parameters, so they run on the tpe family only.
 
-    .venv/bin/python benchmarks/stop_rules.py
+An oracle row (it knows the future: it stops at the first trial within 0.005 of the
+final best) shows how many trials a rule could save on a family at that tolerance. The default rule
+(`expected_gain` with its defaults, the focused phase's) is marked in bold.
+
+    .venv/bin/python benchmarks/stop_rules.py [--families synthetic tpe real] [--processes N]
 """
 
 from __future__ import annotations
 
+import argparse
 import datetime as dt
+import gzip
+import json
 import multiprocessing
 import os
 import platform
+import sys
 import time
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import optuna
 from optuna import terminator
 
-from tunewise.records import NOISE_FLOOR_KEY
-from tunewise.study.stoprules import ROI, Budget, NoiseFloor, Plateau, Target
+from tunewise.records import NOISE_FLOOR_KEY, PARAMS_KEY
+from tunewise.study.stoprules import ROI, Budget, ExpectedGain, NoiseFloor, Plateau, Target
 
 SEED = 0
 BUDGET = 100  # trials per curve: the seed's trial cap
@@ -49,6 +65,9 @@ N_SYNTHETIC = 200
 TPE_SEEDS = 4  # TPE runs per test function
 TPE_NOISE = 0.005  # std of the evaluation noise added to the test functions' scores
 T0 = dt.datetime(2024, 1, 1)
+REAL = Path(__file__).resolve().parent / "data" / "real_studies.json.gz"
+DEFAULT = "expected_gain: chance < 50% of > max(0.005, 0.25 x noise), warm-up 15"
+ORACLE = "oracle: first trial within 0.005 of the final best (knows the future)"
 
 
 # --- curves -------------------------------------------------------------------------------
@@ -59,10 +78,12 @@ class Curve:
     family: str
     trials: list[optuna.trial.FrozenTrial]
     noise: float  # the seed-to-seed std, recorded as the noise floor for noise-aware rules
+    truth: np.ndarray | None = None  # synthetic: each trial's score without its evaluation noise
 
     @property
     def values(self) -> np.ndarray:
-        return np.array([t.value for t in self.trials])
+        """Each trial's value, NaN for a trial that did not complete (pruned)."""
+        return np.array([t.value if t.state == optuna.trial.TrialState.COMPLETE else np.nan for t in self.trials])
 
 
 def timed_trials(values, rng, params=None, distributions=None) -> list[optuna.trial.FrozenTrial]:
@@ -87,9 +108,10 @@ def synthetic_curve(seed: int) -> Curve:
     noise = rng.uniform(0.002, 0.015)
     t = np.arange(BUDGET)
     attainable = baseline + (ceiling - baseline) * (1 - np.exp(-t / tau))
-    values = attainable - rng.exponential(spread, BUDGET) + rng.normal(0, noise, BUDGET)
-    values[0] = baseline + rng.normal(0, noise)  # trial 0: the default settings
-    return Curve("synthetic", timed_trials(np.clip(values, 0, 1), rng), noise)
+    truth = attainable - rng.exponential(spread, BUDGET)
+    truth[0] = baseline  # trial 0: the default settings
+    values = truth + rng.normal(0, noise, BUDGET)
+    return Curve("synthetic", timed_trials(np.clip(values, 0, 1), rng), noise, truth)
 
 
 def branin(x):
@@ -154,6 +176,31 @@ def tpe_curve(name: str, seed: int) -> Curve:
     return Curve("tpe", trials, TPE_NOISE)
 
 
+def real_studies() -> list[dict]:
+    if not REAL.exists():
+        return []
+    with gzip.open(REAL, "rt") as f:
+        return json.load(f)["studies"]
+
+
+def real_curve(study: dict) -> Curve:
+    """A recorded study's trials back to back with their recorded durations; pruned trials
+    stay pruned (with their intermediate values)."""
+    trials, clock = [], T0
+    for t in study["trials"]:
+        state = optuna.trial.TrialState[t["state"]]
+        if state not in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED):
+            continue
+        trial = optuna.trial.create_trial(
+            state=state, value=t["value"] if state == optuna.trial.TrialState.COMPLETE else None,
+            intermediate_values=dict(enumerate(t["iv"])))
+        trial.datetime_start = clock
+        clock = trial.datetime_complete = clock + dt.timedelta(seconds=float(t["s"] or 1.0))
+        trials.append(trial)
+    best_scores = study["noise_scores"]["best"]
+    return Curve("real", trials[:BUDGET], float(np.std(best_scores, ddof=1)))
+
+
 # --- rules --------------------------------------------------------------------------------
 
 
@@ -178,7 +225,8 @@ def gp_terminator(evaluator: str) -> Callable[[], TerminatorRule]:
     return make
 
 
-BOTH = ("synthetic", "tpe")
+BOTH = ("synthetic", "tpe", "real")
+FAMILIES = ("synthetic", "tpe", "real")
 # label: (fresh rule, sees the noise floor, families it runs on)
 RULES: dict[str, tuple[Callable[[], object], bool, tuple[str, ...]]] = {
     "plateau 0.01 / 10 (seed)": (lambda: Plateau(0.01, 10), False, BOTH),
@@ -192,6 +240,15 @@ RULES: dict[str, tuple[Callable[[], object], bool, tuple[str, ...]]] = {
     "roi 0.03/h (10, warm-up 10)": (lambda: ROI(0.03, 10, 10), False, BOTH),
     "budget 20 trials (seed's quick phase, for reference)": (lambda: Budget(max_trials=20), False, BOTH),
     "optuna Terminator, stagnation 30": (stagnation_terminator, False, BOTH),
+    DEFAULT: (lambda: ExpectedGain(), True, BOTH),
+    "expected_gain, chance < 30%": (lambda: ExpectedGain(max_chance=0.3), True, BOTH),
+    "expected_gain, chance < 50% of > 0.003, warm-up 30 (less given up)":
+        (lambda: ExpectedGain(0.003, 0.0, 0.5, 30), True, BOTH),
+    "expected_gain, chance < 50% of > max(0.008, 0.5 x noise) (more saved)":
+        (lambda: ExpectedGain(0.008, 0.5, 0.5), True, BOTH),
+    "expected_gain, no trend": (lambda: ExpectedGain(trend_weight=0.0), True, BOTH),
+    "budget 60 trials": (lambda: Budget(max_trials=60), False, BOTH),
+    "budget 80 trials": (lambda: Budget(max_trials=80), False, BOTH),
     "optuna Terminator, RegretBound + median": (gp_terminator("RegretBoundEvaluator"), False, ("tpe",)),
     "optuna Terminator, EMMR + median": (gp_terminator("EMMREvaluator"), False, ("tpe",)),
 }
@@ -203,6 +260,7 @@ def stops_on(curve: Curve, noise_recorded: bool) -> dict[str, int]:
                if noisy == noise_recorded and curve.family in families}
     stops = dict.fromkeys(pending, BUDGET)
     study = optuna.create_study(direction="maximize")
+    study.set_user_attr(PARAMS_KEY, {"n_trials": BUDGET})  # the budget tunewise records with a study
     if noise_recorded:
         study.set_user_attr(NOISE_FLOOR_KEY, curve.noise)
     for n, trial in enumerate(curve.trials, start=1):
@@ -217,10 +275,13 @@ def stops_on(curve: Curve, noise_recorded: bool) -> dict[str, int]:
     return stops
 
 
-def evaluate(job: tuple[str, object, int]) -> tuple[str, np.ndarray, dict[str, int]]:
+def evaluate(job: tuple[str, object, int]) -> tuple[str, np.ndarray, dict[str, int], np.ndarray | None]:
     family, arg, seed = job
-    curve = synthetic_curve(seed) if family == "synthetic" else tpe_curve(arg, seed)
-    return curve.family, curve.values, {**stops_on(curve, False), **stops_on(curve, True)}
+    if family == "real":
+        curve = real_curve(arg)
+    else:
+        curve = synthetic_curve(seed) if family == "synthetic" else tpe_curve(arg, seed)
+    return curve.family, curve.values, {**stops_on(curve, False), **stops_on(curve, True)}, curve.truth
 
 
 def init_worker() -> None:
@@ -233,35 +294,62 @@ def init_worker() -> None:
 # --- report -------------------------------------------------------------------------------
 
 
-def table(results: list[tuple[str, np.ndarray, dict[str, int]]], family: str) -> str:
-    rows = [(values, stops) for fam, values, stops in results if fam == family]
+def oracle_stop(values: np.ndarray, tolerance: float = 0.005) -> int:
+    best_so_far = np.fmax.accumulate(values)
+    return int(np.argmax(best_so_far >= np.nanmax(values) - tolerance)) + 1
+
+
+def table(results: list[tuple], family: str, default: str | None = None) -> str:
+    """One row per rule; the synthetic family, whose scores without noise are known, also
+    gets the true score given up: the true score of the trial picked at the end (best
+    observed) minus that of the trial picked at the stop, so luck in the noise is not counted."""
+    rows = [(values, {**stops, ORACLE: oracle_stop(values)}, truth)
+            for fam, values, stops, truth in results if fam == family]
+    has_truth = all(truth is not None for _, _, truth in rows)
+    extra = " true given up: mean | p90 |" if has_truth else ""
     lines = [f"**{family}** ({len(rows)} curves, budget {BUDGET} trials)", "",
-             "| rule | stopped early | trials saved (mean) | best given up: mean | p90 |",
-             "|---|---:|---:|---:|---:|"]
-    for label, (_, _, families) in RULES.items():
+             "| rule | stopped early | trials saved (mean) | best given up: mean | p90 |" + extra,
+             "|---|---:|---:|---:|---:|" + ("---:|---:|" if has_truth else "")]
+    for label, (_, _, families) in [*RULES.items(), (ORACLE, (None, None, BOTH))]:
         if family not in families:
             continue
-        used = np.array([stops[label] for _, stops in rows])
-        given_up = np.array([values.max() - values[:n].max() for (values, _), n in zip(rows, used)])
-        lines.append(f"| {label} | {np.mean(used < BUDGET):.0%} | {np.mean(BUDGET - used):.1f} | "
-                     f"{given_up.mean():.4f} | {np.quantile(given_up, 0.9):.4f} |")
+        used = np.array([stops[label] for _, stops, _ in rows])
+        given_up = np.array([np.nanmax(values) - np.nanmax(values[:n]) for (values, _, _), n in zip(rows, used)])
+        name = f"**{label}** (default)" if label == default else label
+        line = (f"| {name} | {np.mean(used < BUDGET):.0%} | {np.mean(BUDGET - used):.1f} | "
+                f"{given_up.mean():.4f} | {np.quantile(given_up, 0.9):.4f} |")
+        if has_truth:
+            true = np.array([truth[np.nanargmax(values)] - truth[np.nanargmax(values[:n])]
+                             for (values, _, truth), n in zip(rows, used)])
+            line += f" {true.mean():.4f} | {np.quantile(true, 0.9):.4f} |"
+        lines.append(line)
     return "\n".join(lines)
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description="Replay the stop rules on the curve families.")
+    parser.add_argument("--families", nargs="*", default=list(FAMILIES), choices=FAMILIES)
+    parser.add_argument("--processes", type=int, default=os.cpu_count(), help="worker processes (default: every core)")
+    args = parser.parse_args()
     started = time.perf_counter()
     # The GP-heavy tpe jobs first, so the cores finish together.
-    jobs = [("tpe", name, seed) for name in TEST_FUNCTIONS for seed in range(TPE_SEEDS)]
-    jobs += [("synthetic", None, seed) for seed in range(N_SYNTHETIC)]
-    with multiprocessing.Pool(os.cpu_count(), initializer=init_worker) as pool:
+    jobs = []
+    if "tpe" in args.families:
+        jobs += [("tpe", name, seed) for name in TEST_FUNCTIONS for seed in range(TPE_SEEDS)]
+    if "real" in args.families:
+        jobs += [("real", study, 0) for study in real_studies()]
+    if "synthetic" in args.families:
+        jobs += [("synthetic", None, seed) for seed in range(N_SYNTHETIC)]
+    with multiprocessing.Pool(args.processes, initializer=init_worker) as pool:
         results = pool.map(evaluate, jobs, chunksize=1)
-    print(table(results, "synthetic"), end="\n\n")
-    print(table(results, "tpe"), end="\n\n")
-    print(f"Command: `.venv/bin/python benchmarks/stop_rules.py` (seed {SEED}); "
+    for family in FAMILIES:
+        if family in args.families:
+            print(table(results, family, DEFAULT), end="\n\n")
+    command = " ".join(["benchmarks/stop_rules.py", *sys.argv[1:]])
+    print(f"Command: `.venv/bin/python {command}` (seed {SEED}); "
           f"machine: {platform.processor() or platform.machine()}, nproc={os.cpu_count()}, "
-          f"Python {platform.python_version()}, Optuna {optuna.__version__}; "
+          f"{args.processes} processes, Python {platform.python_version()}, Optuna {optuna.__version__}; "
           f"took {time.perf_counter() - started:.0f} s.")
-
 
 if __name__ == "__main__":
     main()

@@ -35,7 +35,8 @@ from tunewise.search.narrow import Narrowed, best_complete, narrow_space, warm_s
 from tunewise.search.space import SearchSpace
 from tunewise.study import pareto
 from tunewise.study.budget import finished_trials
-from tunewise.study.stoprules import Verdict, should_continue_optimization
+from tunewise.study.stoprules import (ExpectedGain, Verdict, build_stop_rules, percent_below,
+                                      should_continue_optimization, trials_text)
 from tunewise.study.storage import load_if_exists, open_storage
 from tunewise.study.strategy import strategy_of
 from tunewise.study.tracking import tracking_line
@@ -250,6 +251,7 @@ def search(p: dict[str, Any], *, prep: tuning.Prepared | None = None, baseline: 
         display(HTML(f"<p><i>{html.escape(note)}</i></p>"))
     elif p["interactive"]:
         callbacks.append(live_chart(p, prep.study))
+        callbacks.append(forecast_readout(p, prep.study))
     summary = tuning.tune(p, callbacks=callbacks, prep=prep, baseline=baseline)
     for live in callbacks:
         live(prep.study, None)  # the final state, also when no trial ran (a finished study)
@@ -265,6 +267,50 @@ def live_chart(p: dict[str, Any], study: optuna.Study):
     live.display()
     live(study, None)
     return live
+
+
+def expected_gain_rule(p: dict[str, Any]) -> tuple[ExpectedGain, bool]:
+    """The phase's expected-gain rule and True, or the default one and False when the phase
+    does not stop on it (the readout still shows what the budget is expected to buy)."""
+    for rule in build_stop_rules(p["stop_rules"]):
+        if isinstance(rule, ExpectedGain):
+            return rule, True
+    return ExpectedGain(), False
+
+
+def forecast_text(study: optuna.Study, rule: ExpectedGain, stops_on_it: bool) -> str:
+    """One line: what the trials left in the budget are expected to buy, with its 80% range,
+    the chance of a gain that counts, and so whether the rule would stop or go on."""
+    complete = len(records.complete_trials(study))
+    f, left = rule.forecast(study)
+    if f is None:
+        return f"<i>Expected gain of the remaining budget: shown from 5 completed trials ({complete} so far).</i>"
+    threshold, source = rule.threshold(study)
+    counts = "the noise floor's share" if source == "noise_floor" else "min_gain"
+    spend = f" (~{units.duration(left['trials'] * left['seconds_per_trial'])})" if left["seconds_per_trial"] else ""
+    text = (f"<b>The {trials_text(left['trials'])} left{spend}</b> are expected to gain "
+            f"<b>+{f.expected_gain:.4f}</b> (80% range +{f.low:.4f} to +{f.high:.4f}); chance of more than "
+            f"{threshold:.4g} ({counts}): <b>{percent_below(f.chance)}</b>.")
+    if not stops_on_it:
+        return text + " <i>(expected_gain is not a stop rule of this phase.)</i>"
+    if complete < rule.warmup_trials:
+        return text + f" The rule judges from {rule.warmup_trials} completed trials ({complete} so far)."
+    verdict = "stops" if f.chance < rule.max_chance else "goes on"
+    return text + f" expected_gain {verdict}: it stops below {rule.max_chance:.0%}."
+
+
+def forecast_readout(p: dict[str, Any], study: optuna.Study):
+    """A line under the live chart, redrawn after every trial: forecast_text."""
+    from ipywidgets import HTML as HTMLWidget
+
+    rule, stops_on_it = expected_gain_rule(p)
+    widget = HTMLWidget(forecast_text(study, rule, stops_on_it))
+    display(widget)
+
+    def update(study: optuna.Study, trial) -> None:
+        widget.value = forecast_text(study, rule, stops_on_it)
+
+    return update
 
 
 def show_result(summary: dict[str, Any]) -> HTML:
@@ -732,6 +778,26 @@ def show_stops_and_savings(studies: list[optuna.Study]) -> HTML:
         saved = postmortem.pruning_savings(s)
         rows.append({"study": s.study_name, "stopped by": stop["reason"], "why": stop["message"], "pruning": saved["text"]})
     return table(rows, "Why each study stopped, and what pruning saved")
+
+
+def show_rule_replay(studies: list[optuna.Study]) -> HTML:
+    """Where each stop rule would have stopped each study, and what it would have given up
+    (postmortem.rule_replay: the rules replayed on the study's own trials)."""
+    rows = []
+    for s in studies:
+        for r in postmortem.rule_replay(s):
+            stop = r["stopped_at_trial"]
+            rows.append({
+                "study": s.study_name, "rule": r["rule"],
+                "would stop at": "never (ran to the end)" if stop is None else f"trial {stop}",
+                "trials saved": r["trials_saved"], "time saved": units.duration(r["time_saved_s"]),
+                "best at its stop": _score(r["best_at_stop"]),
+                "given up": "–" if r["given_up"] is None else f"{r['given_up']:.4f}",
+            })
+    if not rows:
+        return HTML("<p><i>No single-objective study to replay the stop rules on.</i></p>")
+    return table(rows, "Where each stop rule would have stopped, and the macro-F1 it would have given up "
+                       "(the study's own trials, replayed)")
 
 
 def show_advice_vs_outcome(studies: list[optuna.Study]) -> HTML:

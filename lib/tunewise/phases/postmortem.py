@@ -5,6 +5,8 @@
   draws it).
 - ``pruning_savings``: epochs, and so time, that pruning did not spend.
 - ``stop_reasons``: why the study stopped, in one sentence.
+- ``rule_replay``: where each stop rule would have stopped this study, and what it would
+  have given up (the rules replayed on the study's own trials).
 - ``phase_table``: one row per study in the seed's case format (baseline -> best, trials,
   hours, gain, gain per hour); report/tables.py renders it.
 - ``summarize_study``: the JSON-friendly summary of one study.
@@ -41,6 +43,7 @@ from tunewise.records import (
     sign,
     source_label,
 )
+from tunewise.study.stoprules import ExpectedGain, NoiseFloor, Plateau, StopRule, replay
 
 ROI_FRACTIONS = (0.8, 0.95)
 _TOLERANCE = 1e-12  # float noise when comparing a gain with a share of the final gain
@@ -145,6 +148,31 @@ def stop_reasons(study: optuna.Study) -> dict[str, Any]:
         return {"reason": "budget", "message": "Ran to its budget.", "details": details}
     message = details.pop("message", None) or f"Stopped by {reason}."
     return {"reason": reason, "message": message, "details": details}
+
+
+# The rules a post-mortem replays: the seed's plateau, a patient plateau, the noise floor
+# (a no-op until validation recorded the noise) and the expected-gain rule.
+def replay_rules() -> dict[str, StopRule]:
+    return {
+        "plateau 0.01 / 10 (seed)": Plateau(0.01, 10),
+        "plateau 0.005 / 20": Plateau(0.005, 20),
+        "noise_floor 1x / 10": NoiseFloor(1.0, 10),
+        "expected_gain (focused default)": ExpectedGain(),
+    }
+
+
+def rule_replay(study: optuna.Study, rules: dict[str, StopRule] | None = None) -> list[dict[str, Any]]:
+    """Where each rule would have stopped this study (its own trials replayed in order) and
+    what it would have given up: one row per rule, with the time its saved trials took
+    (their recorded durations). [] for a multi-objective study (no single best value)."""
+    if len(study.directions) > 1:
+        return []
+    finished = sorted(study.get_trials(deepcopy=False, states=FINISHED_STATES), key=lambda t: t.number)
+    rows = replay(study, rules or replay_rules())
+    for row in rows:
+        saved = [t for t in finished if row["stopped_at_trial"] is not None and t.number > row["stopped_at_trial"]]
+        row["time_saved_s"] = sum(t.duration.total_seconds() for t in saved if t.duration is not None)
+    return rows
 
 
 def summarize_study(study: optuna.Study) -> dict[str, Any]:

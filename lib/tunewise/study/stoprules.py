@@ -30,10 +30,13 @@ from optuna.trial import FrozenTrial, TrialState
 
 from tunewise import units
 from tunewise.errors import ConfigError, did_you_mean, is_int, is_number
+from tunewise.study.forecast import Forecast, forecast_gain
 from tunewise.records import (
+    ELAPSED_KEY,
     FAIL_REASON_KEY,
     FINISHED_STATES,
     NOISE_FLOOR_KEY,
+    PARAMS_KEY,
     STOP_DETAILS_KEY,
     STOP_REASON_KEY,
     baseline_value,
@@ -44,8 +47,9 @@ from tunewise.records import (
 
 __all__ = [
     "STOP_REASON_KEY", "STOP_DETAILS_KEY", "NOISE_FLOOR_KEY", "StopRule", "Plateau", "NoiseFloor",
-    "Target", "Budget", "ROI", "FailureGuard", "RULES", "DEFAULT_STOP_RULES", "build_stop_rules",
-    "noise_floor", "stop_summary", "clear_stop_record", "Verdict", "should_continue_optimization",
+    "Target", "Budget", "ROI", "FailureGuard", "ExpectedGain", "RULES", "DEFAULT_STOP_RULES", "build_stop_rules",
+    "noise_floor", "budget_left", "replay", "trials_text", "percent_below", "stop_summary",
+    "clear_stop_record", "Verdict", "should_continue_optimization",
 ]
 
 
@@ -358,6 +362,118 @@ class FailureGuard(StopRule):
         }
 
 
+class ExpectedGain(StopRule):
+    """Stop when the trials still in the budget are unlikely to buy a measurable gain.
+
+    After `warmup_trials` completed trials, `tunewise.study.forecast` simulates the best value's gain
+    over the remaining trials (from the recent trials' values, their upper tail and how fast
+    they have been rising). The rule fires when the chance that this gain exceeds the
+    threshold, the larger of `min_gain` and `noise_multiple` x the recorded seed-to-seed
+    noise (a smaller gain is not progress), falls below `max_chance`.
+
+    The remaining budget is `max_trials` (default: the study's recorded `n_trials`) less the
+    finished trials, scaled by the share of trials that complete (a pruned trial cannot
+    raise the best), and capped by what the study's recorded `timeout` leaves at the
+    median time per trial.
+    """
+
+    name = "expected_gain"
+
+    # Defaults: the best trade-off of trials saved against macro-F1 given up on the recorded
+    # real studies and the synthetic curves (benchmarks/stop_rules.py; README).
+    def __init__(self, min_gain: float = 0.005, noise_multiple: float = 0.25, max_chance: float = 0.5,
+                 warmup_trials: int = 15, max_trials: int | None = None, trend_weight: float = 0.25) -> None:
+        super().__init__()
+        _require(is_number(min_gain) and min_gain > 0, "expected_gain.min_gain", "a positive number", min_gain)
+        _require(is_number(noise_multiple) and noise_multiple >= 0, "expected_gain.noise_multiple",
+                 "a number >= 0 (0: ignore the noise floor)", noise_multiple)
+        _require(is_number(max_chance) and 0 < max_chance < 1, "expected_gain.max_chance", "a share in (0, 1)",
+                 max_chance)
+        _require(is_int(warmup_trials) and warmup_trials >= 5, "expected_gain.warmup_trials", "an integer >= 5",
+                 warmup_trials)
+        _require(max_trials is None or (is_int(max_trials) and max_trials >= 1), "expected_gain.max_trials",
+                 "a positive integer or null (the study's n_trials)", max_trials)
+        _require(is_number(trend_weight) and 0 <= trend_weight <= 1, "expected_gain.trend_weight",
+                 "a share in [0, 1]", trend_weight)
+        self.min_gain = float(min_gain)
+        self.noise_multiple = float(noise_multiple)
+        self.max_chance = float(max_chance)
+        self.warmup_trials = warmup_trials
+        self.max_trials = max_trials
+        self.trend_weight = float(trend_weight)
+
+    def threshold(self, study: optuna.Study) -> tuple[float, str]:
+        """The smallest gain that counts as progress, and where it comes from."""
+        noise = noise_floor(study)
+        if noise is not None and self.noise_multiple * noise > self.min_gain:
+            return self.noise_multiple * noise, "noise_floor"
+        return self.min_gain, "min_gain"
+
+    def forecast(self, study: optuna.Study) -> tuple[Forecast | None, dict[str, Any]]:
+        """The forecast for the study as it stands, and the budget figures it used."""
+        complete = complete_trials(study)
+        left = budget_left(study, self.max_trials)
+        s = sign(study)
+        completing = len(complete) / max(1, left["finished"])
+        threshold, _ = self.threshold(study)
+        f = forecast_gain([s * t.value for t in complete], left["trials"] * completing, threshold,
+                          trend_weight=self.trend_weight)
+        return f, left
+
+    def check(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, Any] | None:
+        if len(complete_trials(study)) < self.warmup_trials:
+            return None
+        f, left = self.forecast(study)
+        if f is None or f.chance >= self.max_chance:
+            return None
+        s = sign(study)
+        threshold, source = self.threshold(study)
+        used = "min_gain" if source == "min_gain" else f"{self.noise_multiple:g} x the noise floor"
+        hours = left["trials"] * left["seconds_per_trial"] / 3600 if left["seconds_per_trial"] else None
+        spend = f" (~{units.duration(hours * 3600)})" if hours else ""
+        return {
+            **f.to_dict(), "best": s * f.best, "remaining_trials": left["trials"],
+            "seconds_per_trial": left["seconds_per_trial"], "budget_source": left["source"],
+            "expected_gain_per_hour": f.expected_gain / hours if hours else None,
+            "min_gain": self.min_gain, "noise_floor": noise_floor(study), "noise_multiple": self.noise_multiple,
+            "threshold_source": source, "max_chance": self.max_chance, "warmup_trials": self.warmup_trials,
+            "message": (f"The {trials_text(left['trials'])} left in the budget{spend} are expected to gain "
+                        f"+{f.expected_gain:.4f} (80% range +{f.low:.4f} to +{f.high:.4f}); the chance of more than "
+                        f"{used} {threshold:.4g} is {percent_below(f.chance)}, below {self.max_chance:.0%}."),
+        }
+
+
+def trials_text(n: int) -> str:
+    return f"{n} trial" if n == 1 else f"{n} trials"
+
+
+def percent_below(share: float) -> str:
+    """A share as a whole percent, rounded down: 19.98% shows as 19%, never as the 20% it is below."""
+    return f"{math.floor(share * 100)}%"
+
+
+def budget_left(study: optuna.Study, max_trials: int | None = None) -> dict[str, Any]:
+    """Trials still in the study's budget: `max_trials` (default: the recorded n_trials; else
+    as many again as have finished) less the finished ones, capped by what the recorded
+    timeout leaves at the median seconds per finished trial."""
+    finished = study.get_trials(deepcopy=False, states=FINISHED_STATES)
+    recorded = study.user_attrs.get(PARAMS_KEY) or {}
+    cap, source = max_trials, "max_trials"
+    if cap is None and is_int(recorded.get("n_trials")):
+        cap, source = recorded["n_trials"], "n_trials"
+    if cap is None:
+        cap, source = 2 * len(finished), "as many again as finished"
+    trials = max(0, cap - len(finished))
+    durations = [t.duration.total_seconds() for t in finished if t.duration is not None]
+    per_trial = float(sorted(durations)[len(durations) // 2]) if durations else None
+    timeout, elapsed = recorded.get("timeout"), study.user_attrs.get(ELAPSED_KEY)
+    if per_trial and is_number(timeout) and is_number(elapsed):
+        by_time = max(0, int((timeout - elapsed) / per_trial))
+        if by_time < trials:
+            trials, source = by_time, "timeout"
+    return {"trials": trials, "finished": len(finished), "seconds_per_trial": per_trial, "source": source}
+
+
 # --- from the params file -----------------------------------------------------------------
 
 # Also the order rules are called in: when two fire on the same trial, the first one's
@@ -369,6 +485,7 @@ RULES: dict[str, type[StopRule]] = {
     "plateau": Plateau,
     "noise_floor": NoiseFloor,
     "roi": ROI,
+    "expected_gain": ExpectedGain,
 }
 _RUNNER_ARGS = {"elapsed_s"}  # given by the runner, not the params file
 
@@ -444,6 +561,48 @@ def clear_stop_record(study: optuna.Study) -> None:
     call when resuming, so a finished phase 2 does not report how phase 1 ended."""
     study.set_user_attr(STOP_REASON_KEY, None)
     study.set_user_attr(STOP_DETAILS_KEY, None)
+
+
+def replay(study: optuna.Study, rules: dict[str, StopRule],
+           user_attrs: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Where each rule would have stopped this study, had it run with the rule alone.
+
+    The study's finished trials are added one by one, in order, to an in-memory copy (with
+    the study's user attrs, so the noise floor and the recorded budget count; `user_attrs`
+    overrides them), and each rule's `check` judges the copy after every trial; the first
+    trial it fires on is its stop. One row per rule: the trial it stopped on (None: it
+    never fired), trials used and saved, the best value at its stop and what it gave up
+    against the study's final best (>= 0, in either direction)."""
+    trials = sorted(study.get_trials(deepcopy=False, states=_FINISHED), key=lambda t: t.number)
+    copy = optuna.create_study(direction=study.direction)
+    for key, value in {**study.user_attrs, **(user_attrs or {})}.items():
+        if key not in (STOP_REASON_KEY, STOP_DETAILS_KEY):
+            copy.set_user_attr(key, value)
+    stops: dict[str, int | None] = dict.fromkeys(rules)
+    pending = dict(rules)
+    for t in trials:
+        copy.add_trial(t)
+        frozen = copy.get_trials(deepcopy=False)[-1]
+        for label, rule in list(pending.items()):
+            if rule.check(copy, frozen) is not None:
+                stops[label] = t.number
+                del pending[label]
+        if not pending:
+            break
+    s = sign(study)
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    final = max((s * t.value for t in complete), default=None)
+    rows = []
+    for label, stop in stops.items():
+        used = len(trials) if stop is None else sum(1 for t in trials if t.number <= stop)
+        seen = [s * t.value for t in complete if stop is None or t.number <= stop]
+        best = max(seen, default=None)
+        rows.append({
+            "rule": label, "stopped_at_trial": stop, "trials_used": used, "trials_saved": len(trials) - used,
+            "best_at_stop": None if best is None else s * best,
+            "given_up": None if best is None or final is None else final - best,
+        })
+    return rows
 
 
 @dataclass(frozen=True)
