@@ -132,6 +132,10 @@ def test_comparison_errors_name_the_field(same_config_twice):
 def test_noise_is_the_pooled_seed_to_seed_std():
     validation = Validation([1, 2, 3], {"x": [1.0, 2.0, 3.0], "y": [2.0, 4.0, 6.0]})
     assert noise_std(validation) == pytest.approx(math.sqrt((2 + 8) / 4))
+    # An unstable baseline does not set the noise of the searched settings; alone, it does.
+    with_baseline = Validation([1, 2, 3], {"baseline": [0.1, 0.5, 0.9], "x": [1.0, 2.0, 3.0], "y": [2.0, 4.0, 6.0]})
+    assert noise_std(with_baseline) == pytest.approx(math.sqrt((2 + 8) / 4))
+    assert noise_std(Validation([1, 2], {"baseline": [0.1, 0.3]})) == pytest.approx(math.sqrt(0.02))
     with pytest.raises(ConfigError, match=r"^seeds: measuring the seed-to-seed noise needs at least 2 seeds, got 1"):
         noise_std(Validation([42], {"x": [0.9]}))
 

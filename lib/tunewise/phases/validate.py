@@ -386,8 +386,13 @@ def _sample_std(values: Sequence[float]) -> float | None:
 
 
 def noise_std(validation: Validation) -> float:
-    """The seed-to-seed std of the score: the configurations' sample variances pooled (ddof=1)."""
-    groups = [np.asarray(s, dtype=float) for s in validation.scores.values() if len(s) >= 2]
+    """The seed-to-seed std of the score: the configurations' sample variances pooled (ddof=1),
+    the baseline's left out when others were retrained. The stop rules judge progress among the
+    searched settings; an under-trained baseline can swing far more (std 0.11 against the best's
+    0.01 on one-epoch digits) and would make every gain look like noise."""
+    searched = {name: s for name, s in validation.scores.items() if name != "baseline" and len(s) >= 2}
+    pool = searched or validation.scores
+    groups = [np.asarray(s, dtype=float) for s in pool.values() if len(s) >= 2]
     if not groups:
         raise ConfigError(f"seeds: measuring the seed-to-seed noise needs at least 2 seeds, "
                           f"got {len(validation.seeds)}")
