@@ -176,10 +176,14 @@ def _index(nb, text: str) -> int:
 
 
 def _run_from(page, cells, first: int, count: int) -> None:
-    """Select cell `first` and press Shift+Enter `count` times (run it and those after)."""
+    """Select cell `first` and press Shift+Enter `count` times (run it and those after).
+    Paced: on a loaded machine keys pressed back to back before the selection settled were
+    lost, and the later cells ran without the imports."""
     cells.nth(first).locator(".jp-Cell-inputWrapper").click(position={"x": 5, "y": 5})
+    page.wait_for_timeout(300)
     page.keyboard.press("Escape")  # command mode
     for _ in range(count):
+        page.wait_for_timeout(250)
         page.keyboard.press("Shift+Enter")
 
 
