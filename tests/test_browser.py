@@ -206,7 +206,11 @@ def test_quick_notebook_in_jupyterlab_widgets_live_chart_progress(chromium, lab,
     name = "quick.ipynb" if workers == 1 else f"quick-{workers}-workers.ipynb"
     run = "run" if workers == 1 else f"run-{workers}-workers"
     shot = "" if workers == 1 else f"-{workers}-workers"  # screenshot names
-    nb = _smoke_notebook(lab_root / name, f'n_trials = {n}\nworkers = {workers}\nrun_dir = "{run}"\n')
+    # Two workers: 3 epochs a trial, so each pair takes longer than the notebook's 1 s poll
+    # (at 1 epoch, on a quiet machine, both pairs could land between two polls: the chart
+    # then jumped 0 -> 4 and the growth this test looks for was never on screen).
+    slower = "" if workers == 1 else "epochs = 3\n"
+    nb = _smoke_notebook(lab_root / name, f'n_trials = {n}\nworkers = {workers}\nrun_dir = "{run}"\n{slower}')
     editor_cell, search_cell = _index(nb, "space_editor("), _index(nb, "tw.search(")
     last = len(nb.cells) - 1
 
