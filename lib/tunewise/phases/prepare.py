@@ -203,7 +203,7 @@ def _searched_defaults(space: SearchSpace, fixed: dict[str, Any]) -> dict[str, A
 
 
 def describe_moved(moved: dict[str, list]) -> str:
-    """'lr 0.001 -> 0.003 (clipped into the space)' for the run's output and summary."""
+    """'lr 0.001 -> 0.003; optimizer adamw -> sampled' for the run's output and result table."""
     return "; ".join(f"{k} {old} -> {'sampled' if new is None else new}" for k, (old, new) in moved.items())
 
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import logging
 import os
 import time
 import warnings
@@ -95,6 +96,10 @@ class MlflowTracker(Tracker):
             os.environ[QUIET_URLS] = "true"
         else:
             os.environ.setdefault(QUIET_URLS, "true")  # one line per trial is noise
+        # A new SQLite store logs its schema set-up at INFO ("Creating initial MLflow database
+        # tables...", alembic's migrations): red stderr lines in every first report, not news.
+        for name in ("mlflow.store", "alembic"):
+            logging.getLogger(name).setLevel(logging.WARNING)
         self._uri = uri
         self._client = MlflowClient(tracking_uri=uri)
         self._metric_names = list(metric_names)
